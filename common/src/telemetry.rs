@@ -1,0 +1,300 @@
+//! Logs, metrics and the health endpoints. Every metric paystream exports is catalogued here and
+//! registered at start-up with a zero value, so dashboards and alerts never query a missing series.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::events::EventKind;
+use crate::shutdown::Shutdown;
+use crate::state::PaymentState;
+
+/// Logs to stderr; `RUST_LOG` filters (default: `default_level` for paystream, warn for the
+/// libraries' chatter).
+pub fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default_level},sqlx=warn,sea_orm=warn,async_nats=warn"
+        ))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub mod names {
+    pub const INGRESS_MESSAGES: &str = "paystream_ingress_messages_total";
+    pub const INGRESS_REJECTED: &str = "paystream_ingress_rejected_total";
+    pub const PAYMENT_TRANSITIONS: &str = "paystream_payment_transitions_total";
+    pub const PSP_REQUESTS: &str = "paystream_psp_requests_total";
+    pub const PSP_REQUEST_DURATION: &str = "paystream_psp_request_duration_seconds";
+    pub const OUTBOX_PUBLISHED: &str = "paystream_outbox_published_total";
+    pub const OUTBOX_BACKLOG: &str = "paystream_outbox_backlog";
+    pub const OUTBOX_PUBLISH_ERRORS: &str = "paystream_outbox_publish_errors_total";
+    pub const EVENTS_APPLIED: &str = "paystream_events_applied_total";
+    pub const EVENTS_DUPLICATE: &str = "paystream_events_duplicate_total";
+    pub const CONSUMER_MESSAGES: &str = "paystream_consumer_messages_total";
+    pub const CONSUMER_BATCH_SIZE: &str = "paystream_consumer_batch_size";
+    pub const CONSUMER_BATCH_DURATION: &str = "paystream_consumer_batch_duration_seconds";
+    pub const CONSUMER_RETRIES: &str = "paystream_consumer_retries_total";
+    pub const CONSUMER_TERMINATED: &str = "paystream_consumer_terminated_total";
+    pub const PAYMENT_E2E: &str = "paystream_payment_end_to_end_seconds";
+    pub const READY: &str = "paystream_ready";
+}
+
+/// Consumers whose series are pre-registered.
+pub const CONSUMERS: [&str; 3] = ["payment", "wallet", "ledger"];
+/// Ingress fields a rejection can name.
+pub const REJECTION_FIELDS: [&str; 9] = [
+    "subject",
+    "payload",
+    "payment_id",
+    "buyer_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "metadata",
+    "reason",
+];
+pub const PSP_OPS: [&str; 3] = ["charge", "refund", "lookup"];
+pub const PSP_OUTCOMES: [&str; 5] = [
+    "succeeded",
+    "declined",
+    "unknown",
+    "not_found",
+    "config_error",
+];
+/// Verdict kinds of the consumer loop.
+pub const CONSUMER_OUTCOMES: [&str; 3] = ["ack", "retry", "term"];
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Installs the global Prometheus recorder (once per process) and registers the catalogue.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::CONSUMER_BATCH_SIZE.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process");
+            register_catalogue();
+            handle
+        })
+        .clone()
+}
+
+fn register_catalogue() {
+    use names::*;
+    describe_counter!(
+        INGRESS_MESSAGES,
+        "Ingress messages decoded, by kind and wire format."
+    );
+    describe_counter!(
+        INGRESS_REJECTED,
+        "Ingress messages refused as invalid, by the field named."
+    );
+    describe_counter!(
+        PAYMENT_TRANSITIONS,
+        "Payment state transitions, by target state."
+    );
+    describe_counter!(PSP_REQUESTS, "PSP calls by operation and outcome.");
+    describe_histogram!(
+        PSP_REQUEST_DURATION,
+        Unit::Seconds,
+        "PSP call latency by operation."
+    );
+    describe_counter!(
+        OUTBOX_PUBLISHED,
+        "Events published from the outbox, by type."
+    );
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Events committed but not yet acknowledged by JetStream."
+    );
+    describe_counter!(
+        OUTBOX_PUBLISH_ERRORS,
+        "Outbox publish attempts that failed and will be retried."
+    );
+    describe_counter!(EVENTS_APPLIED, "Events applied, by consumer and type.");
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "Redelivered events recognised by event_id and skipped."
+    );
+    describe_counter!(
+        CONSUMER_MESSAGES,
+        "Messages handled by consumer and verdict (ack, retry, term)."
+    );
+    describe_histogram!(CONSUMER_BATCH_SIZE, "Messages per consumer batch.");
+    describe_histogram!(
+        CONSUMER_BATCH_DURATION,
+        Unit::Seconds,
+        "Time to handle one consumer batch."
+    );
+    describe_counter!(
+        CONSUMER_RETRIES,
+        "Messages NAKed for redelivery after a transient failure, by consumer and reason."
+    );
+    describe_counter!(
+        CONSUMER_TERMINATED,
+        "Messages terminated (dead-lettered at once), by consumer and reason."
+    );
+    describe_histogram!(
+        PAYMENT_E2E,
+        Unit::Seconds,
+        "From ingress publish to the event applied, by consumer."
+    );
+    describe_gauge!(
+        READY,
+        "1 when streams, consumers and the database are ready."
+    );
+
+    for kind in ["request", "cancel"] {
+        for format in ["json", "msgpack"] {
+            counter!(INGRESS_MESSAGES, "kind" => kind, "format" => format).absolute(0);
+        }
+    }
+    for field in REJECTION_FIELDS {
+        counter!(INGRESS_REJECTED, "field" => field).absolute(0);
+    }
+    for state in PaymentState::ALL {
+        counter!(PAYMENT_TRANSITIONS, "state" => state.as_str()).absolute(0);
+    }
+    for op in PSP_OPS {
+        for outcome in PSP_OUTCOMES {
+            counter!(PSP_REQUESTS, "op" => op, "outcome" => outcome).absolute(0);
+        }
+        let _ = histogram!(PSP_REQUEST_DURATION, "op" => op);
+    }
+    for kind in EventKind::ALL {
+        counter!(OUTBOX_PUBLISHED, "type" => kind.as_str()).absolute(0);
+    }
+    gauge!(OUTBOX_BACKLOG).set(0.0);
+    counter!(OUTBOX_PUBLISH_ERRORS).absolute(0);
+    for consumer in CONSUMERS {
+        for kind in EventKind::ALL {
+            counter!(EVENTS_APPLIED, "consumer" => consumer, "type" => kind.as_str()).absolute(0);
+        }
+        counter!(EVENTS_DUPLICATE, "consumer" => consumer).absolute(0);
+        for verdict in CONSUMER_OUTCOMES {
+            counter!(CONSUMER_MESSAGES, "consumer" => consumer, "verdict" => verdict).absolute(0);
+        }
+        let _ = histogram!(CONSUMER_BATCH_SIZE, "consumer" => consumer);
+        let _ = histogram!(CONSUMER_BATCH_DURATION, "consumer" => consumer);
+        let _ = histogram!(PAYMENT_E2E, "consumer" => consumer);
+    }
+    gauge!(READY).set(0.0);
+}
+
+/// What `/readyz` waits for. Each component flips its flag; ready means all set.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    inner: Arc<ReadinessInner>,
+}
+
+#[derive(Default)]
+struct ReadinessInner {
+    components: std::sync::Mutex<Vec<(String, Arc<AtomicBool>)>>,
+}
+
+impl Readiness {
+    /// Registers a component, not ready until its flag is set.
+    pub fn component(&self, name: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.inner
+            .components
+            .lock()
+            .expect("readiness lock")
+            .push((name.to_owned(), flag.clone()));
+        flag
+    }
+
+    /// Names of the components that are not ready; empty when ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        let list = self.inner.components.lock().expect("readiness lock");
+        list.iter()
+            .filter(|(_, f)| !f.load(Ordering::Relaxed))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+}
+
+/// Serves `/metrics`, `/livez` and `/readyz` until shutdown. Binds before returning, so a bad
+/// address is a start-up error.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let upkeep = metrics.clone();
+    let mut upkeep_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => upkeep.run_upkeep(),
+                () = upkeep_stop.wait() => break,
+            }
+        }
+    });
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<HttpState>| async move {
+                let missing = s.readiness.not_ready();
+                gauge!(names::READY).set(if missing.is_empty() { 1.0 } else { 0.0 });
+                if missing.is_empty() {
+                    (StatusCode::OK, "ready".to_owned())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {}", missing.join(", ")),
+                    )
+                }
+            }),
+        )
+        .with_state(HttpState { metrics, readiness });
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.into_future())
+            .await;
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,18 @@
+//! The database schema, as sea-orm migrations that run unchanged on SQLite and PostgreSQL.
+//! `paystream migrate` applies them, and so does every service at start-up.
+//!
+//! Architecture Invariant: each table has one owning service (see ARCHITECTURE.md); a migration
+//! never edits posted ledger entries.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_init::Migration)]
+    }
+}

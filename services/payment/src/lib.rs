@@ -1,0 +1,66 @@
+//! The payment service: consumes PAYMENTS (durable consumer `payment`), executes each payment
+//! exactly once against the PSP, and publishes the outcome to PAYMENT_EVENTS through an outbox.
+//!
+//! A message flows: `intake` (decode, validate) → `execute` (EXECUTING, PSP call, outcome) or
+//! `cancel` (refund) → `store` (state + history + outbox in one transaction) → `outbox` (publish).
+//!
+//! Architecture Invariant: only this crate changes payment state, and only through
+//! `paystream_common::state::transition`.
+
+pub mod cancel;
+pub mod entity;
+pub mod execute;
+pub mod intake;
+pub mod outbox;
+pub mod psp;
+pub mod store;
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use paystream_common::config::Config;
+use paystream_common::consume::{self, LoopConfig};
+use paystream_common::shutdown::Shutdown;
+use paystream_common::streams::{self, TopologyError};
+use paystream_common::telemetry::Readiness;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+pub const CONSUMER: &str = "payment";
+
+/// Starts the payment service's tasks into `tasks`; they run until `shutdown`.
+pub async fn start<P: psp::Psp>(
+    cfg: &Config,
+    db: DatabaseConnection,
+    js: jetstream::Context,
+    psp: Arc<P>,
+    readiness: &Readiness,
+    shutdown: Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), TopologyError> {
+    let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
+    let wake = Arc::new(Notify::new());
+    let intake = intake::Intake {
+        db: db.clone(),
+        psp,
+        psp_concurrency: usize::from(cfg.psp_concurrency),
+        outbox: wake.clone(),
+    };
+    let loop_cfg = LoopConfig {
+        name: CONSUMER,
+        batch_max: usize::from(cfg.batch_max),
+        backoff: cfg.backoff.clone(),
+        progress_every: streams::progress_interval(cfg),
+    };
+    let ready = readiness.component("payment consumer");
+    tasks.spawn(consume::run(
+        consumer,
+        loop_cfg,
+        intake,
+        shutdown.clone(),
+        ready,
+    ));
+    tasks.spawn(outbox::run(db, js, wake, shutdown));
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! Every SQL statement of the payment service. A state change, its history row and its event
+//! (outbox) are written in one transaction; nothing else in the crate touches the database.
+
+use std::collections::HashMap;
+
+use metrics::counter;
+use paystream_common::db::begin_write;
+use paystream_common::events::{self, EventKind, PaymentEvent};
+use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
+use paystream_common::ingress::PaymentRequest;
+use paystream_common::money::Currency;
+use paystream_common::state::{IllegalTransition, PaymentState, Trigger, transition};
+use paystream_common::telemetry::names;
+use paystream_common::time::{now_ms, rfc3339_ms};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use uuid::Uuid;
+
+use crate::entity::{history, outbox, payment};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("payment {0}: stored state {1:?} is not a payment state")]
+    Corrupt(String, String),
+}
+
+/// What to do with a payment request after it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Call the PSP (attempt n, same idempotency key every time).
+    Execute { attempt: i32 },
+    /// Already past execution: nothing to do but ack.
+    Done(PaymentState),
+    /// The payment_id is taken by a different payment.
+    Conflict(String),
+}
+
+pub fn state_of(row: &payment::Model) -> Result<PaymentState, StoreError> {
+    PaymentState::parse(&row.state)
+        .ok_or_else(|| StoreError::Corrupt(row.payment_id.clone(), row.state.clone()))
+}
+
+async fn load_locked(
+    txn: &DatabaseTransaction,
+    ids: impl IntoIterator<Item = String>,
+) -> Result<HashMap<String, payment::Model>, DbErr> {
+    let mut q = payment::Entity::find().filter(payment::Column::PaymentId.is_in(ids));
+    if txn.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    Ok(q.all(txn)
+        .await?
+        .into_iter()
+        .map(|m| (m.payment_id.clone(), m))
+        .collect())
+}
+
+fn history_row(
+    payment_id: &str,
+    state: PaymentState,
+    cause: String,
+    at_ms: i64,
+) -> history::ActiveModel {
+    history::ActiveModel {
+        payment_id: Set(payment_id.to_owned()),
+        state: Set(state.as_str().to_owned()),
+        cause: Set(cause),
+        at_ms: Set(at_ms),
+        ..Default::default()
+    }
+}
+
+fn same_payment(row: &payment::Model, req: &PaymentRequest) -> bool {
+    row.buyer_id == req.buyer_id.as_str()
+        && row.merchant_id == req.merchant_id.as_str()
+        && row.amount == req.amount.minor()
+        && row.currency == req.currency.as_str()
+}
+
+/// Records each request (NOT_STARTED → EXECUTING, before any PSP call) and decides what to do.
+/// `reqs` holds distinct payment ids with the PAYMENTS sequence of each request.
+pub async fn begin_execution(
+    db: &DatabaseConnection,
+    reqs: &[(PaymentRequest, u64)],
+) -> Result<Vec<Plan>, StoreError> {
+    let txn = begin_write(db).await?;
+    let existing = load_locked(&txn, reqs.iter().map(|(r, _)| r.payment_id.to_string())).await?;
+    let now = now_ms();
+    let mut new_rows = Vec::new();
+    let mut hist = Vec::new();
+    let mut plans = Vec::with_capacity(reqs.len());
+    for (req, seq) in reqs {
+        let id = req.payment_id.to_string();
+        let Some(row) = existing.get(&id) else {
+            let executing = transition(PaymentState::NotStarted, Trigger::Execute)?;
+            new_rows.push(payment::ActiveModel {
+                payment_id: Set(id.clone()),
+                buyer_id: Set(req.buyer_id.to_string()),
+                merchant_id: Set(req.merchant_id.to_string()),
+                amount: Set(req.amount.minor()),
+                currency: Set(req.currency.to_string()),
+                state: Set(executing.as_str().to_owned()),
+                version: Set(0),
+                attempts: Set(1),
+                metadata: Set(serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into())),
+                request_seq: Set(i64::try_from(*seq).unwrap_or(i64::MAX)),
+                psp_reference: Set(None),
+                decline_code: Set(None),
+                last_error: Set(None),
+                created_at_ms: Set(now),
+                updated_at_ms: Set(now),
+            });
+            hist.push(history_row(
+                &id,
+                PaymentState::NotStarted,
+                format!("request received (PAYMENTS seq {seq})"),
+                now,
+            ));
+            hist.push(history_row(&id, executing, "charge attempt 1".into(), now));
+            plans.push(Plan::Execute { attempt: 1 });
+            continue;
+        };
+        if !same_payment(row, req) {
+            plans.push(Plan::Conflict(format!(
+                "payment_id: {id} is already a payment of {} {} from {} to {}",
+                row.amount, row.currency, row.buyer_id, row.merchant_id
+            )));
+            continue;
+        }
+        let state = state_of(row)?;
+        match state {
+            PaymentState::NotStarted | PaymentState::Executing => {
+                // A redelivery after a crash between "EXECUTING written" and the outcome: the PSP
+                // is asked again with the same key, which cannot charge twice.
+                let attempt = row.attempts + 1;
+                let to = transition(state, Trigger::Execute)?;
+                payment::Entity::update_many()
+                    .col_expr(payment::Column::State, Expr::value(to.as_str()))
+                    .col_expr(payment::Column::Attempts, Expr::value(attempt))
+                    .col_expr(payment::Column::UpdatedAtMs, Expr::value(now))
+                    .filter(payment::Column::PaymentId.eq(id.as_str()))
+                    .exec(&txn)
+                    .await?;
+                hist.push(history_row(
+                    &id,
+                    to,
+                    format!("charge attempt {attempt} (request redelivered)"),
+                    now,
+                ));
+                plans.push(Plan::Execute { attempt });
+            }
+            other => plans.push(Plan::Done(other)),
+        }
+    }
+    let inserted = new_rows.len();
+    if !new_rows.is_empty() {
+        payment::Entity::insert_many(new_rows)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    if !hist.is_empty() {
+        history::Entity::insert_many(hist)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    counter!(names::PAYMENT_TRANSITIONS, "state" => "NOT_STARTED").increment(inserted as u64);
+    let executing = plans
+        .iter()
+        .filter(|p| matches!(p, Plan::Execute { .. }))
+        .count();
+    counter!(names::PAYMENT_TRANSITIONS, "state" => "EXECUTING").increment(executing as u64);
+    Ok(plans)
+}
+
+/// One state change to record, with what the PSP said.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub payment_id: PaymentId,
+    pub trigger: Trigger,
+    pub cause: String,
+    pub psp_reference: Option<String>,
+    pub decline_code: Option<String>,
+    pub last_error: Option<String>,
+    /// The event this change publishes, if any.
+    pub event: Option<EventKind>,
+    pub reason: Option<String>,
+}
+
+/// What happened to one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Applied(PaymentState),
+    /// The payment had already moved on (another instance, or the sweeper, got there first).
+    Skipped(PaymentState),
+    Missing,
+}
+
+/// Applies changes through the state machine, in one transaction with their events.
+pub async fn record(
+    db: &DatabaseConnection,
+    changes: &[Change],
+) -> Result<Vec<Recorded>, StoreError> {
+    let txn = begin_write(db).await?;
+    let rows = load_locked(&txn, changes.iter().map(|c| c.payment_id.to_string())).await?;
+    let now = now_ms();
+    let mut hist = Vec::new();
+    let mut events = Vec::new();
+    let mut results = Vec::with_capacity(changes.len());
+    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    let mut versions: HashMap<String, i32> = HashMap::new();
+    let mut states: HashMap<String, PaymentState> = HashMap::new();
+    for c in changes {
+        let id = c.payment_id.to_string();
+        let Some(row) = rows.get(&id) else {
+            results.push(Recorded::Missing);
+            continue;
+        };
+        let from = match states.get(&id) {
+            Some(s) => *s,
+            None => state_of(row)?,
+        };
+        let Ok(to) = transition(from, c.trigger) else {
+            results.push(Recorded::Skipped(from));
+            continue;
+        };
+        let version =
+            versions.get(&id).copied().unwrap_or(row.version) + i32::from(c.event.is_some());
+        let mut upd = payment::Entity::update_many()
+            .col_expr(payment::Column::State, Expr::value(to.as_str()))
+            .col_expr(payment::Column::Version, Expr::value(version))
+            .col_expr(payment::Column::UpdatedAtMs, Expr::value(now))
+            .filter(payment::Column::PaymentId.eq(id.as_str()));
+        if let Some(r) = &c.psp_reference {
+            upd = upd.col_expr(payment::Column::PspReference, Expr::value(r.clone()));
+        }
+        if let Some(d) = &c.decline_code {
+            upd = upd.col_expr(payment::Column::DeclineCode, Expr::value(d.clone()));
+        }
+        if let Some(e) = &c.last_error {
+            upd = upd.col_expr(payment::Column::LastError, Expr::value(e.clone()));
+        }
+        let n = upd.exec(&txn).await?.rows_affected;
+        assert_eq!(n, 1, "the locked payment row exists");
+        hist.push(history_row(&id, to, c.cause.clone(), now));
+        if let Some(kind) = c.event {
+            let event = PaymentEvent {
+                event_id: Uuid::new_v4(),
+                kind,
+                payment_id: c.payment_id,
+                buyer_id: BuyerId::parse(&row.buyer_id)
+                    .map_err(|_| StoreError::Corrupt(id.clone(), row.buyer_id.clone()))?,
+                merchant_id: MerchantId::parse(&row.merchant_id)
+                    .map_err(|_| StoreError::Corrupt(id.clone(), row.merchant_id.clone()))?,
+                amount: row.amount,
+                currency: Currency::parse(&row.currency)
+                    .map_err(|_| StoreError::Corrupt(id.clone(), row.currency.clone()))?,
+                version: u32::try_from(version).unwrap_or(0),
+                occurred_at: rfc3339_ms(now),
+                psp_reference: c
+                    .psp_reference
+                    .clone()
+                    .or_else(|| row.psp_reference.clone()),
+                reason: c.reason.clone(),
+                delta_minor: None,
+            };
+            events.push(outbox::ActiveModel {
+                event_id: Set(event.event_id.to_string()),
+                payment_id: Set(id.clone()),
+                buyer_id: Set(row.buyer_id.clone()),
+                kind: Set(kind.as_str().to_owned()),
+                version: Set(version),
+                subject: Set(events::subject(&event.buyer_id)),
+                payload: Set(event.encode()),
+                created_at_ms: Set(now),
+                published_at_ms: Set(None),
+                stream_seq: Set(None),
+                ..Default::default()
+            });
+        }
+        versions.insert(id.clone(), version);
+        states.insert(id, to);
+        *counts.entry(to.as_str()).or_default() += 1;
+        results.push(Recorded::Applied(to));
+    }
+    if !hist.is_empty() {
+        history::Entity::insert_many(hist)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    if !events.is_empty() {
+        outbox::Entity::insert_many(events)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    for (state, n) in counts {
+        counter!(names::PAYMENT_TRANSITIONS, "state" => state).increment(n);
+    }
+    Ok(results)
+}
+
+/// Reads payments by id (no lock), for decisions that a later `record` re-checks.
+pub async fn load(
+    db: &DatabaseConnection,
+    ids: &[PaymentId],
+) -> Result<HashMap<String, payment::Model>, DbErr> {
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    Ok(payment::Entity::find()
+        .filter(payment::Column::PaymentId.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.payment_id.clone(), m))
+        .collect())
+}
+
+/// A payment and its history, oldest first.
+pub async fn status(
+    db: &DatabaseConnection,
+    payment_id: PaymentId,
+) -> Result<Option<(payment::Model, Vec<history::Model>)>, DbErr> {
+    let id = payment_id.to_string();
+    let Some(row) = payment::Entity::find_by_id(id.clone()).one(db).await? else {
+        return Ok(None);
+    };
+    let hist = history::Entity::find()
+        .filter(history::Column::PaymentId.eq(id))
+        .order_by_asc(history::Column::Id)
+        .all(db)
+        .await?;
+    Ok(Some((row, hist)))
+}
+
+/// Oldest unpublished events first.
+pub async fn outbox_pending(
+    db: &DatabaseConnection,
+    limit: u64,
+) -> Result<Vec<outbox::Model>, DbErr> {
+    outbox::Entity::find()
+        .filter(outbox::Column::PublishedAtMs.is_null())
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+pub async fn outbox_backlog(db: &DatabaseConnection) -> Result<u64, DbErr> {
+    outbox::Entity::find()
+        .filter(outbox::Column::PublishedAtMs.is_null())
+        .count(db)
+        .await
+}
+
+/// Marks events as acknowledged by JetStream, with their stream sequence.
+pub async fn mark_published(db: &DatabaseConnection, acked: &[(i64, u64)]) -> Result<(), DbErr> {
+    let txn = begin_write(db).await?;
+    let now = now_ms();
+    for (id, seq) in acked {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::PublishedAtMs, Expr::value(now))
+            .col_expr(
+                outbox::Column::StreamSeq,
+                Expr::value(i64::try_from(*seq).unwrap_or(i64::MAX)),
+            )
+            .filter(outbox::Column::Id.eq(*id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
+}

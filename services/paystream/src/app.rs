@@ -1,0 +1,259 @@
+//! Assembling the services: what `up` and `serve` run, and what the tests start. One function,
+//! `start`, brings up the parts asked for and returns a handle that shuts them down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use paystream_common::config::Config;
+use paystream_common::nats_server::{self, NatsServer, ServerOptions};
+use paystream_common::shutdown::{self, Shutdown, Trigger};
+use paystream_common::telemetry::{self, Readiness};
+use paystream_common::{db, nats, streams};
+use paystream_migrations::{Migrator, MigratorTrait};
+use paystream_payment::psp::HttpPsp;
+use paystream_psp_sim::{Drift, SimConfig, Simulator};
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinSet;
+
+/// Which parts to run in this process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parts {
+    pub payment: bool,
+    pub wallet: bool,
+    pub ledger: bool,
+    /// Start the PSP simulator (when no PSP URL is configured).
+    pub psp_sim: bool,
+    /// Start a nats-server of our own (when no NATS URL is configured).
+    pub nats_server: bool,
+}
+
+impl Parts {
+    pub fn all() -> Self {
+        Self {
+            payment: true,
+            wallet: true,
+            ledger: true,
+            psp_sim: true,
+            nats_server: true,
+        }
+    }
+    fn any_service(&self) -> bool {
+        self.payment || self.wallet || self.ledger
+    }
+}
+
+/// A running paystream process.
+pub struct App {
+    pub http_addr: SocketAddr,
+    pub psp_url: Option<String>,
+    pub nats_url: Option<String>,
+    pub db: Option<DatabaseConnection>,
+    pub readiness: Readiness,
+    trigger: Trigger,
+    tasks: JoinSet<()>,
+    nats_server: Option<NatsServer>,
+}
+
+impl App {
+    /// Requests shutdown and waits for every task to drain.
+    pub async fn shutdown(mut self) {
+        self.trigger.fire();
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(server) = self.nats_server.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        shutdown::signal().await;
+        self.shutdown().await;
+    }
+
+    pub fn shutdown_signal(&self) -> Shutdown {
+        self.trigger.subscribe()
+    }
+}
+
+/// Simulator settings from the configuration.
+pub fn sim_config(cfg: &Config) -> SimConfig {
+    SimConfig {
+        store_path: cfg.data_dir.join("psp-sim.sqlite"),
+        latency_ms: cfg.psp_sim_latency_ms,
+        error_rate: cfg.psp_sim_error_rate,
+        timeout_rate: cfg.psp_sim_timeout_rate,
+        lost_response_rate: cfg.psp_sim_lost_response_rate,
+        decline_rate: cfg.psp_sim_decline_rate,
+        hang_ms: u64::try_from(cfg.psp_sim_hang.as_millis()).unwrap_or(u64::MAX),
+        api_key: cfg.psp_sim_api_key.as_ref().map(|s| s.0.clone()),
+        seed: cfg.psp_sim_seed,
+        drift: Drift {
+            missing_rate: cfg.psp_sim_drift_missing_rate,
+            amount_rate: cfg.psp_sim_drift_amount_rate,
+            duplicate_rate: cfg.psp_sim_drift_duplicate_rate,
+            unknown_rows: cfg.psp_sim_drift_unknown_rows,
+        },
+    }
+}
+
+/// Starts the simulator on `cfg.psp_sim_addr`; returns its base URL.
+async fn start_sim(
+    cfg: &Config,
+    shutdown: Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<String> {
+    let sim = Simulator::open(sim_config(cfg))
+        .await
+        .context("opening the PSP simulator's store")?;
+    let listener = tokio::net::TcpListener::bind(cfg.psp_sim_addr)
+        .await
+        .with_context(|| format!("binding the PSP simulator to {}", cfg.psp_sim_addr))?;
+    let addr = listener.local_addr()?;
+    tasks.spawn(async move {
+        if let Err(e) = sim.serve(listener, shutdown.into_future()).await {
+            tracing::error!(error = %e, "PSP simulator stopped");
+        }
+    });
+    tracing::info!(%addr, "PSP simulator listening");
+    Ok(format!("http://{addr}"))
+}
+
+/// Connects to the database, retrying until it answers or shutdown; then migrates.
+pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<DatabaseConnection> {
+    let url = cfg.database_url();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match db::connect(&url).await {
+            Ok(conn) => {
+                Migrator::up(&conn, None)
+                    .await
+                    .context("migrating the database")?;
+                return Ok(conn);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, "database not reachable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {},
+                    () = stop.wait() => anyhow::bail!("shut down while waiting for the database"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
+    let metrics = telemetry::install_metrics();
+    let readiness = Readiness::default();
+    let (trigger, shutdown) = shutdown::channel();
+    let mut tasks = JoinSet::new();
+    let (http_addr, http_task) =
+        telemetry::serve_http(cfg.http_addr, metrics, readiness.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("binding the HTTP endpoint to {}", cfg.http_addr))?;
+    tasks.spawn(async move {
+        let _ = http_task.await;
+    });
+    tracing::info!(%http_addr, "metrics and health endpoints listening");
+
+    let mut nats_server = None;
+    let mut cfg = cfg;
+    if cfg.nats_url.is_none() && parts.nats_server {
+        let bin = nats_server::locate(cfg.nats_server_bin.as_deref()).await?;
+        let server = NatsServer::start(ServerOptions {
+            bin,
+            store_dir: cfg.data_dir.join("nats"),
+            port: cfg.embedded_nats_port,
+            sync_interval: None,
+            extra_conf: String::new(),
+        })
+        .await?;
+        let url = server.url();
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        std::fs::write(cfg.nats_url_file(), &url)
+            .with_context(|| format!("writing {}", cfg.nats_url_file().display()))?;
+        tracing::info!(%url, "embedded nats-server started");
+        cfg.nats_url = Some(url);
+        nats_server = Some(server);
+    }
+
+    let mut psp_url = cfg.psp_url.clone();
+    if psp_url.is_none() && parts.psp_sim {
+        psp_url = Some(start_sim(&cfg, shutdown.clone(), &mut tasks).await?);
+    }
+
+    let mut app = App {
+        http_addr,
+        psp_url: psp_url.clone(),
+        nats_url: cfg.nats_url.clone(),
+        db: None,
+        readiness: readiness.clone(),
+        trigger,
+        tasks,
+        nats_server,
+    };
+    if !parts.any_service() {
+        return Ok(app);
+    }
+
+    let db_ready = readiness.component("database");
+    let conn = connect_db(&cfg, shutdown.clone()).await?;
+    db_ready.store(true, Ordering::Relaxed);
+    app.db = Some(conn.clone());
+
+    let streams_ready = readiness.component("streams");
+    let client = nats::connect(&cfg, "paystream", true).await?;
+    let js = nats::jetstream(client);
+    streams::ensure_streams(&js, &cfg)
+        .await
+        .context("creating streams")?;
+    streams_ready.store(true, Ordering::Relaxed);
+
+    if parts.payment {
+        let psp_base = psp_url
+            .as_deref()
+            .context("PAYSTREAM_PSP_URL is not set and no simulator was started")?;
+        let psp = HttpPsp::new(
+            psp_base,
+            cfg.psp_api_key.as_ref().map(|s| s.0.clone()),
+            cfg.psp_timeout,
+            cfg.psp_connect_timeout,
+        )?;
+        paystream_payment::start(
+            &cfg,
+            conn.clone(),
+            js.clone(),
+            Arc::new(psp),
+            &readiness,
+            shutdown.clone(),
+            &mut app.tasks,
+        )
+        .await?;
+    }
+    if parts.wallet {
+        paystream_wallet::start(
+            &cfg,
+            conn.clone(),
+            js.clone(),
+            &readiness,
+            shutdown.clone(),
+            &mut app.tasks,
+        )
+        .await?;
+    }
+    if parts.ledger {
+        paystream_ledger::start(
+            &cfg,
+            conn.clone(),
+            js.clone(),
+            &readiness,
+            shutdown.clone(),
+            &mut app.tasks,
+        )
+        .await?;
+    }
+    Ok(app)
+}

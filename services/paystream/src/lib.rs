@@ -1,0 +1,8 @@
+//! The `paystream` binary's library half: the assembly of services (`app`), the client and
+//! query commands. `main.rs` only parses arguments and dispatches, so tests drive the same code.
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod output;
+pub mod queries;

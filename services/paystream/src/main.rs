@@ -1,0 +1,195 @@
+//! `paystream`: parse, dispatch, map errors to exit codes (2 usage, 1 everything else).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use clap::Parser;
+use paystream::app::{self, Parts};
+use paystream::cli::{Cli, Command, LedgerCommand, Service};
+use paystream::output::emit;
+use paystream::{client, queries};
+use paystream_common::config::Config;
+use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
+use paystream_common::ingress::{CancelRequest, PaymentRequest};
+use paystream_common::money::{Amount, Currency};
+use paystream_common::{db, nats, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let long_running = matches!(
+        cli.command,
+        Command::Up | Command::Serve { .. } | Command::PspSim
+    );
+    telemetry::init_tracing(if long_running { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A usage error found after parsing (a value clap cannot check): exit 2.
+fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {msg}");
+    Ok(ExitCode::from(2))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = cli.config;
+    match cli.command {
+        Command::Up => {
+            let app = app::start(cfg, Parts::all()).await?;
+            tracing::info!(nats = ?app.nats_url, psp = ?app.psp_url, http = %app.http_addr, "paystream is up");
+            app.run_until_signal().await;
+        }
+        Command::Serve { service } => {
+            let parts = Parts {
+                payment: service == Service::Payment,
+                wallet: service == Service::Wallet,
+                ledger: service == Service::Ledger,
+                ..Parts::default()
+            };
+            app::start(cfg, parts).await?.run_until_signal().await;
+        }
+        Command::PspSim => {
+            let parts = Parts {
+                psp_sim: true,
+                ..Parts::default()
+            };
+            let cfg = Config {
+                psp_url: None,
+                ..cfg
+            };
+            let app = app::start(cfg, parts).await?;
+            tracing::info!(psp = ?app.psp_url, "PSP simulator is up");
+            app.run_until_signal().await;
+        }
+        Command::Migrate => {
+            let (_trigger, stop) = paystream_common::shutdown::channel();
+            app::connect_db(&cfg, stop).await?;
+            println!("migrations applied to {}", redact_url(&cfg.database_url()));
+        }
+        Command::Pay {
+            buyer,
+            merchant,
+            amount,
+            currency,
+            payment_id,
+            meta,
+            json,
+        } => {
+            let req = match build_payment(
+                &buyer,
+                &merchant,
+                amount,
+                &currency,
+                payment_id.as_deref(),
+                &meta,
+            ) {
+                Ok(r) => r,
+                Err(e) => return usage(e),
+            };
+            let js = nats::jetstream(nats::connect(&cfg, "paystream-cli", false).await?);
+            let receipt = client::pay(&js, &req).await?;
+            emit(json, &receipt, || receipt.table());
+        }
+        Command::Cancel {
+            payment_id,
+            buyer,
+            reason,
+            json,
+        } => {
+            let req = match (PaymentId::parse(&payment_id), BuyerId::parse(&buyer)) {
+                (Ok(payment_id), Ok(buyer_id)) => CancelRequest {
+                    payment_id,
+                    buyer_id,
+                    reason,
+                },
+                (Err(e), _) => return usage(format!("payment_id: {e}")),
+                (_, Err(e)) => return usage(format!("buyer: {e}")),
+            };
+            let js = nats::jetstream(nats::connect(&cfg, "paystream-cli", false).await?);
+            let receipt = client::cancel(&js, &req).await?;
+            emit(json, &receipt, || receipt.table());
+        }
+        Command::Status { payment_id, json } => {
+            let conn = db::connect(&cfg.database_url()).await?;
+            match queries::status(&conn, &payment_id).await {
+                Ok(s) => emit(json, &s, || s.table()),
+                Err(queries::QueryError::BadInput(e)) => return usage(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Balance { merchant_id, json } => {
+            let conn = db::connect(&cfg.database_url()).await?;
+            match queries::balance(&conn, &merchant_id).await {
+                Ok(b) => emit(json, &b, || b.table()),
+                Err(queries::QueryError::BadInput(e)) => return usage(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Ledger {
+            command: LedgerCommand::Check { json },
+        } => {
+            let conn = db::connect(&cfg.database_url()).await?;
+            let report = queries::ledger_check(&conn).await?;
+            emit(json, &report, || queries::ledger_check_table(&report));
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_payment(
+    buyer: &str,
+    merchant: &str,
+    amount: i64,
+    currency: &str,
+    payment_id: Option<&str>,
+    meta: &[String],
+) -> Result<PaymentRequest, String> {
+    let metadata = meta
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--meta {kv:?}: expected K=V"))
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    Ok(PaymentRequest {
+        payment_id: match payment_id {
+            Some(p) => PaymentId::parse(p).map_err(|e| format!("payment_id: {e}"))?,
+            None => PaymentId::new_random(),
+        },
+        buyer_id: BuyerId::parse(buyer).map_err(|e| format!("buyer: {e}"))?,
+        merchant_id: MerchantId::parse(merchant).map_err(|e| format!("merchant: {e}"))?,
+        amount: Amount::new(amount).map_err(|e| format!("amount: {e}"))?,
+        currency: Currency::parse(currency).map_err(|e| format!("currency: {e}"))?,
+        metadata,
+    })
+}
+
+/// Drops the password from a database URL before printing it.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
