@@ -180,32 +180,3 @@ pub async fn term_with_reason(msg: &Message, reason: &str) -> Result<(), async_n
         .await?;
     Ok(())
 }
-
-/// Decodes a batch of PAYMENT_EVENTS messages. Undecodable ones get a `Term` verdict at their
-/// index (an event nobody can read would fail forever); the rest are returned with their index.
-pub fn decode_events(
-    batch: &[Message],
-) -> (
-    Vec<(usize, crate::events::PaymentEvent)>,
-    Vec<Option<Verdict>>,
-) {
-    let mut verdicts = vec![None; batch.len()];
-    let mut events = Vec::with_capacity(batch.len());
-    for (i, m) in batch.iter().enumerate() {
-        let content_type = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Content-Type"))
-            .map(|v| v.as_str());
-        match crate::events::PaymentEvent::decode(content_type, &m.payload) {
-            Ok(e) => events.push((i, e)),
-            Err(e) => {
-                verdicts[i] = Some(Verdict::Term {
-                    label: "event",
-                    reason: format!("event: {e}"),
-                })
-            }
-        }
-    }
-    (events, verdicts)
-}

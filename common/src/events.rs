@@ -66,6 +66,10 @@ pub struct PaymentEvent {
     pub psp_reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the command that caused this event was stored in PAYMENTS (unix ms), so consumers
+    /// can measure end-to-end latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at_ms: Option<i64>,
     /// Signed change to apply, for `adjusted` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_minor: Option<i64>,
@@ -117,6 +121,7 @@ mod tests {
             occurred_at: "2026-11-25T00:00:00Z".into(),
             psp_reference: Some("ch_1".into()),
             reason: None,
+            requested_at_ms: Some(1),
             delta_minor: None,
         };
         assert_eq!(PaymentEvent::decode(None, &e.encode()).unwrap(), e);

@@ -4,6 +4,7 @@
 //!
 //! Architecture Invariant: this crate depends on no service crate.
 
+pub mod apply;
 pub mod codec;
 pub mod config;
 pub mod consume;

@@ -75,6 +75,16 @@ pub const PSP_OUTCOMES: [&str; 5] = [
     "not_found",
     "config_error",
 ];
+/// Reasons a message is retried (`Verdict::Retry` labels).
+pub const RETRY_REASONS: [&str; 5] = [
+    "database",
+    "psp_config",
+    "psp_unknown",
+    "payment_in_flight",
+    "cancel_before_payment",
+];
+/// Reasons a message is terminated beyond the ingress fields (`Verdict::Term` labels).
+pub const TERM_REASONS: [&str; 3] = ["event", "refund_refused", "database"];
 /// Verdict kinds of the consumer loop.
 pub const CONSUMER_OUTCOMES: [&str; 3] = ["ack", "retry", "term"];
 
@@ -199,6 +209,12 @@ fn register_catalogue() {
             counter!(EVENTS_APPLIED, "consumer" => consumer, "type" => kind.as_str()).absolute(0);
         }
         counter!(EVENTS_DUPLICATE, "consumer" => consumer).absolute(0);
+        for reason in RETRY_REASONS {
+            counter!(CONSUMER_RETRIES, "consumer" => consumer, "reason" => reason).absolute(0);
+        }
+        for reason in TERM_REASONS.iter().chain(REJECTION_FIELDS.iter()) {
+            counter!(CONSUMER_TERMINATED, "consumer" => consumer, "reason" => *reason).absolute(0);
+        }
         for verdict in CONSUMER_OUTCOMES {
             counter!(CONSUMER_MESSAGES, "consumer" => consumer, "verdict" => verdict).absolute(0);
         }

@@ -20,6 +20,7 @@ enum Payments {
     Attempts,
     Metadata,
     RequestSeq,
+    RequestedAtMs,
     PspReference,
     DeclineCode,
     LastError,
@@ -108,6 +109,7 @@ impl MigrationTrait for Migration {
                 .col(integer(Payments::Attempts))
                 .col(text(Payments::Metadata))
                 .col(big_integer(Payments::RequestSeq))
+                .col(big_integer(Payments::RequestedAtMs))
                 .col(string_null(Payments::PspReference))
                 .col(string_null(Payments::DeclineCode))
                 .col(text_null(Payments::LastError))

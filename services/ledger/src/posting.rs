@@ -88,6 +88,7 @@ mod tests {
             occurred_at: String::new(),
             psp_reference: None,
             reason: None,
+            requested_at_ms: None,
             delta_minor: delta,
         }
     }

@@ -16,14 +16,14 @@ use crate::store::{self, Change, Recorded};
 
 pub(crate) async fn cancel<P: Psp>(
     ctx: &Intake<P>,
-    cancels: Vec<(usize, CancelRequest, u64)>,
+    cancels: Vec<(usize, CancelRequest, u64, i64)>,
     verdicts: &mut [Option<Verdict>],
 ) {
-    let ids: Vec<_> = cancels.iter().map(|(_, c, _)| c.payment_id).collect();
+    let ids: Vec<_> = cancels.iter().map(|(_, c, _, _)| c.payment_id).collect();
     let rows = match store::load(&ctx.db, &ids).await {
         Ok(r) => r,
         Err(e) => {
-            for (i, _, _) in &cancels {
+            for (i, _, _, _) in &cancels {
                 verdicts[*i] = Some(Verdict::Retry {
                     label: "database",
                     error: e.to_string(),
@@ -33,7 +33,7 @@ pub(crate) async fn cancel<P: Psp>(
         }
     };
     let mut refunds = Vec::new();
-    for (i, c, seq) in cancels {
+    for (i, c, seq, published_ms) in cancels {
         let Some(row) = rows.get(&c.payment_id.to_string()) else {
             verdicts[i] = Some(Verdict::Retry {
                 label: "cancel_before_payment",
@@ -53,7 +53,7 @@ pub(crate) async fn cancel<P: Psp>(
         }
         match store::state_of(row) {
             Ok(PaymentState::Success) => match Amount::new(row.amount) {
-                Ok(amount) => refunds.push((i, c, seq, amount)),
+                Ok(amount) => refunds.push((i, c, seq, published_ms, amount)),
                 Err(e) => {
                     verdicts[i] = Some(Verdict::Term {
                         label: "amount",
@@ -90,11 +90,11 @@ pub(crate) async fn cancel<P: Psp>(
         }
     }
     let outcomes: Vec<_> = futures::stream::iter(refunds)
-        .map(|(i, c, seq, amount)| {
+        .map(|(i, c, seq, published_ms, amount)| {
             let span = tracing::info_span!("refund", payment_id = %c.payment_id, buyer_id = %c.buyer_id, stream_seq = seq);
             async move {
                 let outcome = ctx.psp.refund(c.payment_id, amount).await;
-                (i, c, outcome)
+                (i, c, published_ms, outcome)
             }
             .instrument(span)
         })
@@ -103,7 +103,7 @@ pub(crate) async fn cancel<P: Psp>(
         .await;
     let mut changes = Vec::new();
     let mut change_idx = Vec::new();
-    for (i, c, outcome) in outcomes {
+    for (i, c, published_ms, outcome) in outcomes {
         match outcome {
             PspOutcome::Succeeded { psp_reference } => {
                 changes.push(Change {
@@ -115,6 +115,7 @@ pub(crate) async fn cancel<P: Psp>(
                     last_error: None,
                     event: Some(EventKind::Cancelled),
                     reason: Some(c.reason.unwrap_or_else(|| "cancelled".into())),
+                    requested_at_ms: Some(published_ms),
                 });
                 change_idx.push(i);
             }

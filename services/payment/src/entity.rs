@@ -22,6 +22,8 @@ pub mod payment {
         pub metadata: String,
         /// PAYMENTS stream sequence of the request.
         pub request_seq: i64,
+        /// When JetStream stored the request (unix ms): the start of the end-to-end latency.
+        pub requested_at_ms: i64,
         pub psp_reference: Option<String>,
         pub decline_code: Option<String>,
         pub last_error: Option<String>,

@@ -6,28 +6,28 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use paystream_common::consume::Verdict;
 use paystream_common::events::EventKind;
-use paystream_common::ingress::PaymentRequest;
 use paystream_common::state::Trigger;
 use tracing::Instrument;
 
 use crate::intake::Intake;
 use crate::psp::{ChargeRequest, Psp, PspOutcome};
-use crate::store::{self, Change, Plan, Recorded};
+use crate::store::{self, Change, Plan, Recorded, Requested};
 
 /// Handles the payment requests of one batch; fills `verdicts` at their indexes.
 pub(crate) async fn pay<P: Psp>(
     ctx: &Intake<P>,
-    pays: Vec<(usize, PaymentRequest, u64)>,
+    pays: Vec<(usize, Requested)>,
     verdicts: &mut [Option<Verdict>],
 ) {
     // The same payment_id may appear several times in a batch (a client retrying): the first
     // occurrence leads and the others follow its verdict.
-    let mut leaders: Vec<(PaymentRequest, u64)> = Vec::new();
+    let mut leaders: Vec<Requested> = Vec::new();
     let mut leader_index: Vec<Vec<usize>> = Vec::new();
     let mut position: HashMap<_, usize> = HashMap::new();
-    for (i, req, seq) in pays {
+    for (i, r) in pays {
+        let req = &r.req;
         match position.get(&req.payment_id) {
-            Some(&p) if leaders[p].0 == req => leader_index[p].push(i),
+            Some(&p) if leaders[p].req == *req => leader_index[p].push(i),
             Some(_) => {
                 verdicts[i] = Some(Verdict::Term {
                     label: "payment_id",
@@ -39,7 +39,7 @@ pub(crate) async fn pay<P: Psp>(
             }
             None => {
                 position.insert(req.payment_id, leaders.len());
-                leaders.push((req, seq));
+                leaders.push(r);
                 leader_index.push(vec![i]);
             }
         }
@@ -62,7 +62,7 @@ fn retry_all(n: usize, label: &'static str, error: &impl std::fmt::Display) -> V
     ]
 }
 
-async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> Vec<Verdict> {
+async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[Requested]) -> Vec<Verdict> {
     let plans = match store::begin_execution(&ctx.db, leaders).await {
         Ok(p) => p,
         Err(e) => return retry_all(leaders.len(), "database", &e),
@@ -73,7 +73,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
         match plan {
             Plan::Execute { attempt } => to_call.push((pos, attempt)),
             Plan::Done(state) => {
-                tracing::debug!(payment_id = %leaders[pos].0.payment_id, state = state.as_str(), "duplicate request acknowledged");
+                tracing::debug!(payment_id = %leaders[pos].req.payment_id, state = state.as_str(), "duplicate request acknowledged");
                 verdicts[pos] = Some(Verdict::Ack);
             }
             Plan::Conflict(reason) => {
@@ -86,7 +86,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
     }
     let outcomes: Vec<(usize, PspOutcome)> = futures::stream::iter(to_call)
         .map(|(pos, attempt)| {
-            let (req, seq) = &leaders[pos];
+            let Requested { req, seq, .. } = &leaders[pos];
             let span = tracing::info_span!("charge", payment_id = %req.payment_id, buyer_id = %req.buyer_id, stream_seq = seq, attempt);
             async move {
                 let charge = ChargeRequest {
@@ -107,7 +107,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
     let mut changes = Vec::new();
     let mut change_pos = Vec::new();
     for (pos, outcome) in outcomes {
-        let req = &leaders[pos].0;
+        let req = &leaders[pos].req;
         let change = match outcome {
             PspOutcome::Succeeded { psp_reference } => Change {
                 payment_id: req.payment_id,
@@ -118,6 +118,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
                 last_error: None,
                 event: Some(EventKind::Succeeded),
                 reason: None,
+                requested_at_ms: None,
             },
             PspOutcome::Declined {
                 psp_reference,
@@ -131,6 +132,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
                 last_error: None,
                 event: Some(EventKind::Failed),
                 reason: Some(code),
+                requested_at_ms: None,
             },
             PspOutcome::Indeterminate { error } => {
                 tracing::warn!(payment_id = %req.payment_id, buyer_id = %req.buyer_id, %error, "PSP outcome unknown; the sweeper will resolve it");
@@ -143,6 +145,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
                     last_error: Some(error),
                     event: None,
                     reason: None,
+                    requested_at_ms: None,
                 }
             }
             PspOutcome::ConfigError { error } => {
@@ -162,7 +165,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[(PaymentRequest, u64)]) -> 
         Ok(results) => {
             for (pos, result) in change_pos.into_iter().zip(results) {
                 if let Recorded::Applied(state) = result {
-                    tracing::debug!(payment_id = %leaders[pos].0.payment_id, state = state.as_str(), "payment recorded");
+                    tracing::debug!(payment_id = %leaders[pos].req.payment_id, state = state.as_str(), "payment recorded");
                 }
                 verdicts[pos] = Some(Verdict::Ack);
             }

@@ -13,6 +13,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 
 use crate::psp::Psp;
+use crate::store::Requested;
 use crate::{cancel, execute};
 
 pub struct Intake<P: Psp> {
@@ -24,8 +25,15 @@ pub struct Intake<P: Psp> {
     pub outbox: Arc<Notify>,
 }
 
-pub(crate) fn stream_seq(m: &Message) -> u64 {
-    m.info().map(|i| i.stream_sequence).unwrap_or(0)
+/// The stream sequence and the time JetStream stored the message (unix ms).
+pub(crate) fn stream_position(m: &Message) -> (u64, i64) {
+    match m.info() {
+        Ok(i) => (
+            i.stream_sequence,
+            i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+        ),
+        Err(_) => (0, paystream_common::time::now_ms()),
+    }
 }
 
 impl<P: Psp> Handler for Intake<P> {
@@ -34,7 +42,7 @@ impl<P: Psp> Handler for Intake<P> {
         let mut pays = Vec::new();
         let mut cancels = Vec::new();
         for (i, m) in batch.iter().enumerate() {
-            let seq = stream_seq(m);
+            let (seq, published_ms) = stream_position(m);
             let content_type = m
                 .headers
                 .as_ref()
@@ -58,8 +66,15 @@ impl<P: Psp> Handler for Intake<P> {
                     counter!(names::INGRESS_MESSAGES, "kind" => kind, "format" => format.as_str())
                         .increment(1);
                     match command {
-                        Command::Pay(p) => pays.push((i, p, seq)),
-                        Command::Cancel(c) => cancels.push((i, c, seq)),
+                        Command::Pay(req) => pays.push((
+                            i,
+                            Requested {
+                                req,
+                                seq,
+                                published_ms,
+                            },
+                        )),
+                        Command::Cancel(c) => cancels.push((i, c, seq, published_ms)),
                     }
                 }
             }

@@ -84,19 +84,34 @@ fn same_payment(row: &payment::Model, req: &PaymentRequest) -> bool {
         && row.currency == req.currency.as_str()
 }
 
+/// A payment request as it came off the stream.
+#[derive(Debug, Clone)]
+pub struct Requested {
+    pub req: PaymentRequest,
+    /// PAYMENTS stream sequence.
+    pub seq: u64,
+    /// When JetStream stored it (unix ms).
+    pub published_ms: i64,
+}
+
 /// Records each request (NOT_STARTED → EXECUTING, before any PSP call) and decides what to do.
 /// `reqs` holds distinct payment ids with the PAYMENTS sequence of each request.
 pub async fn begin_execution(
     db: &DatabaseConnection,
-    reqs: &[(PaymentRequest, u64)],
+    reqs: &[Requested],
 ) -> Result<Vec<Plan>, StoreError> {
     let txn = begin_write(db).await?;
-    let existing = load_locked(&txn, reqs.iter().map(|(r, _)| r.payment_id.to_string())).await?;
+    let existing = load_locked(&txn, reqs.iter().map(|r| r.req.payment_id.to_string())).await?;
     let now = now_ms();
     let mut new_rows = Vec::new();
     let mut hist = Vec::new();
     let mut plans = Vec::with_capacity(reqs.len());
-    for (req, seq) in reqs {
+    for Requested {
+        req,
+        seq,
+        published_ms,
+    } in reqs
+    {
         let id = req.payment_id.to_string();
         let Some(row) = existing.get(&id) else {
             let executing = transition(PaymentState::NotStarted, Trigger::Execute)?;
@@ -111,6 +126,7 @@ pub async fn begin_execution(
                 attempts: Set(1),
                 metadata: Set(serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into())),
                 request_seq: Set(i64::try_from(*seq).unwrap_or(i64::MAX)),
+                requested_at_ms: Set(*published_ms),
                 psp_reference: Set(None),
                 decline_code: Set(None),
                 last_error: Set(None),
@@ -192,6 +208,8 @@ pub struct Change {
     /// The event this change publishes, if any.
     pub event: Option<EventKind>,
     pub reason: Option<String>,
+    /// When the command behind this change was stored (unix ms); `None`: the payment request's.
+    pub requested_at_ms: Option<i64>,
 }
 
 /// What happened to one change.
@@ -269,6 +287,7 @@ pub async fn record(
                     .clone()
                     .or_else(|| row.psp_reference.clone()),
                 reason: c.reason.clone(),
+                requested_at_ms: Some(c.requested_at_ms.unwrap_or(row.requested_at_ms)),
                 delta_minor: None,
             };
             events.push(outbox::ActiveModel {

@@ -8,77 +8,33 @@
 pub mod entity;
 pub mod store;
 
-use async_nats::jetstream::{self, Message};
-use metrics::counter;
-use paystream_common::config::Config;
-use paystream_common::consume::{self, Handler, LoopConfig, Verdict, decode_events};
-use paystream_common::shutdown::Shutdown;
-use paystream_common::streams::{self, TopologyError};
-use paystream_common::telemetry::{Readiness, names};
-use sea_orm::DatabaseConnection;
-use tokio::task::JoinSet;
+use paystream_common::apply::{self, ApplyEvents};
+use paystream_common::events::PaymentEvent;
+use sea_orm::{DatabaseConnection, DbErr};
 
 pub const CONSUMER: &str = "wallet";
 
-struct Apply {
-    db: DatabaseConnection,
+/// The wallet's event applier.
+pub struct Wallet {
+    pub db: DatabaseConnection,
 }
 
-impl Handler for Apply {
-    async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
-        let (events, mut verdicts) = decode_events(batch);
-        let refs: Vec<_> = events.iter().map(|(_, e)| e).collect();
-        match store::apply(&self.db, &refs).await {
-            Ok(applied) => {
-                for ((i, e), fresh) in events.iter().zip(applied) {
-                    if fresh {
-                        counter!(names::EVENTS_APPLIED, "consumer" => CONSUMER, "type" => e.kind.as_str()).increment(1);
-                        tracing::debug!(payment_id = %e.payment_id, buyer_id = %e.buyer_id, event = e.kind.as_str(), "wallet applied event");
-                    } else {
-                        counter!(names::EVENTS_DUPLICATE, "consumer" => CONSUMER).increment(1);
-                    }
-                    verdicts[*i] = Some(Verdict::Ack);
-                }
-            }
-            Err(err) => {
-                for (i, _) in &events {
-                    verdicts[*i] = Some(Verdict::Retry {
-                        label: "database",
-                        error: err.to_string(),
-                    });
-                }
-            }
-        }
-        verdicts
-            .into_iter()
-            .map(|v| v.expect("every event has a verdict"))
-            .collect()
+impl ApplyEvents for Wallet {
+    const CONSUMER: &'static str = CONSUMER;
+
+    async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
+        store::apply(&self.db, events).await
     }
 }
 
 /// Starts the wallet's consumer loop into `tasks`.
 pub async fn start(
-    cfg: &Config,
+    cfg: &paystream_common::config::Config,
     db: DatabaseConnection,
-    js: jetstream::Context,
-    readiness: &Readiness,
-    shutdown: Shutdown,
-    tasks: &mut JoinSet<()>,
-) -> Result<(), TopologyError> {
-    let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
-    let loop_cfg = LoopConfig {
-        name: CONSUMER,
-        batch_max: usize::from(cfg.batch_max),
-        backoff: cfg.backoff.clone(),
-        progress_every: streams::progress_interval(cfg),
-    };
-    let ready = readiness.component("wallet consumer");
-    tasks.spawn(consume::run(
-        consumer,
-        loop_cfg,
-        Apply { db },
-        shutdown,
-        ready,
-    ));
-    Ok(())
+    js: async_nats::jetstream::Context,
+    readiness: &paystream_common::telemetry::Readiness,
+    shutdown: paystream_common::shutdown::Shutdown,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(), paystream_common::streams::TopologyError> {
+    apply::start(cfg, &js, Wallet { db }, readiness, shutdown, tasks).await
 }

@@ -1,0 +1,125 @@
+//! The shared shape of every PAYMENT_EVENTS consumer (wallet, ledger): decode the batch, apply the
+//! events in one transaction that also records their event_ids (so a redelivery is recognised and
+//! skipped), then ack. An undecodable event is terminated with its reason; a database failure
+//! retries the batch with backoff.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use async_nats::jetstream::{self, Message};
+use metrics::{counter, histogram};
+use sea_orm::DbErr;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::consume::{self, Handler, LoopConfig, Verdict};
+use crate::events::PaymentEvent;
+use crate::shutdown::Shutdown;
+use crate::streams::{self, TopologyError};
+use crate::telemetry::{Readiness, names};
+use crate::time::now_ms;
+
+/// What a service does with a batch of decoded events.
+pub trait ApplyEvents: Send + Sync + 'static {
+    /// Durable consumer name, also the metric label.
+    const CONSUMER: &'static str;
+
+    /// Applies the events not applied before, atomically with their de-duplication records.
+    /// Returns, per event, whether it was applied now (false: seen before).
+    fn apply(
+        &self,
+        events: &[&PaymentEvent],
+    ) -> impl Future<Output = Result<Vec<bool>, DbErr>> + Send;
+}
+
+/// Decodes a batch of PAYMENT_EVENTS messages. Undecodable ones get a `Term` verdict at their
+/// index (an event nobody can read would fail forever); the rest are returned with their index.
+pub fn decode_events(batch: &[Message]) -> (Vec<(usize, PaymentEvent)>, Vec<Option<Verdict>>) {
+    let mut verdicts = vec![None; batch.len()];
+    let mut events = Vec::with_capacity(batch.len());
+    for (i, m) in batch.iter().enumerate() {
+        let content_type = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str());
+        match PaymentEvent::decode(content_type, &m.payload) {
+            Ok(e) => events.push((i, e)),
+            Err(e) => {
+                verdicts[i] = Some(Verdict::Term {
+                    label: "event",
+                    reason: format!("event: {e}"),
+                })
+            }
+        }
+    }
+    (events, verdicts)
+}
+
+struct EventHandler<A>(A);
+
+impl<A: ApplyEvents> Handler for EventHandler<A> {
+    async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
+        let (events, mut verdicts) = decode_events(batch);
+        let refs: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).collect();
+        match self.0.apply(&refs).await {
+            Ok(applied) => {
+                assert_eq!(applied.len(), events.len(), "one answer per event");
+                let now = now_ms();
+                for ((i, e), fresh) in events.iter().zip(applied) {
+                    if fresh {
+                        counter!(names::EVENTS_APPLIED, "consumer" => A::CONSUMER, "type" => e.kind.as_str()).increment(1);
+                        if let Some(t) = e.requested_at_ms {
+                            histogram!(names::PAYMENT_E2E, "consumer" => A::CONSUMER)
+                                .record((now - t).max(0) as f64 / 1000.0);
+                        }
+                        tracing::debug!(consumer = A::CONSUMER, payment_id = %e.payment_id, buyer_id = %e.buyer_id, event = e.kind.as_str(), version = e.version, "event applied");
+                    } else {
+                        counter!(names::EVENTS_DUPLICATE, "consumer" => A::CONSUMER).increment(1);
+                    }
+                    verdicts[*i] = Some(Verdict::Ack);
+                }
+            }
+            Err(err) => {
+                for (i, _) in &events {
+                    verdicts[*i] = Some(Verdict::Retry {
+                        label: "database",
+                        error: err.to_string(),
+                    });
+                }
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.expect("every event has a verdict"))
+            .collect()
+    }
+}
+
+/// Creates the durable consumer and starts its loop into `tasks`.
+pub async fn start<A: ApplyEvents>(
+    cfg: &Config,
+    js: &jetstream::Context,
+    applier: A,
+    readiness: &Readiness,
+    shutdown: Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), TopologyError> {
+    let consumer = streams::ensure_consumer(js, cfg, A::CONSUMER).await?;
+    let loop_cfg = LoopConfig {
+        name: A::CONSUMER,
+        batch_max: usize::from(cfg.batch_max),
+        backoff: cfg.backoff.clone(),
+        progress_every: streams::progress_interval(cfg),
+    };
+    let ready: Arc<AtomicBool> = readiness.component(&format!("{} consumer", A::CONSUMER));
+    tasks.spawn(consume::run(
+        consumer,
+        loop_cfg,
+        EventHandler(applier),
+        shutdown,
+        ready,
+    ));
+    Ok(())
+}

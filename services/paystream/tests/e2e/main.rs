@@ -1,0 +1,9 @@
+//! End-to-end tests: the real application against a real nats-server 2.15 and a real database
+//! (SQLite always, PostgreSQL when `PAYSTREAM_TEST_DATABASE_URL` is set). One test binary, so the
+//! suite links once; nextest runs the tests in parallel, each on its own server and database.
+
+mod bad_input;
+mod cancel;
+mod cli;
+mod happy;
+mod helpers;
