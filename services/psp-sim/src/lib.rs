@@ -1,0 +1,124 @@
+//! A Stripe-like PSP simulator: idempotent charges and refunds keyed by payment id, its own
+//! SQLite store (records survive restarts), scripted and random faults, and settlement files
+//! with configurable drift for reconciliation tests.
+//!
+//! Requests flow `http` (latency, auth, metrics) → `payments` / `refunds` (faults, then the
+//! store) → `store` (the only SQL). Reads are `lookup`, `stats` and `settlement` (+ `drift`).
+//!
+//! Invariant: money moves at most once per key and direction — one charge and one refund per
+//! payment id — whatever the faults, the concurrency or the restarts (see `store`).
+
+mod auth;
+mod clock;
+mod config;
+mod drift;
+mod error;
+mod faults;
+mod http;
+mod lookup;
+mod payments;
+mod record;
+mod refunds;
+mod request;
+mod script;
+mod settlement;
+mod stats;
+mod store;
+mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Drift, SimConfig};
+pub use error::SimError;
+pub use stats::Stats;
+
+use faults::Dice;
+use store::Store;
+
+/// An opened simulator: its store, its configuration and its fault dice. Cheap to clone; all
+/// clones share one store.
+#[derive(Clone)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+}
+
+/// What every request handler shares.
+pub(crate) struct Shared {
+    /// Validated at open; handlers read faults, drift and the API key from it.
+    pub(crate) cfg: SimConfig,
+    /// The records that make "same key, same result" hold across restarts.
+    pub(crate) store: Store,
+    /// One shared generator, so a seeded run draws one reproducible sequence.
+    pub(crate) dice: Dice,
+    /// Flipped to true when serving shuts down, so held requests (latency, timeouts, lost
+    /// answers) end at once instead of delaying the graceful shutdown by up to `hang_ms`.
+    stopping: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Holds the current request for `ms` milliseconds, or until shutdown begins.
+    pub(crate) async fn hold_ms(&self, ms: u64) {
+        if ms == 0 {
+            return;
+        }
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            _ = stopping.wait_for(|stopping| *stopping) => {}
+        }
+    }
+}
+
+impl Simulator {
+    /// Validates `cfg`, opens (or creates) the store and registers the metrics.
+    pub async fn open(cfg: SimConfig) -> Result<Self, SimError> {
+        cfg.validate()?;
+        let store = Store::open(&cfg.store_path).await?;
+        let dice = Dice::new(&cfg);
+        telemetry::register();
+        tracing::info!(config = ?cfg, "PSP simulator store opened");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                cfg,
+                store,
+                dice,
+                stopping: watch::Sender::new(false),
+            }),
+        })
+    }
+
+    /// Every route: `/v1/payments`, `/v1/payments/{key}`, `/v1/refunds`,
+    /// `/v1/settlements/{date}`, `/v1/sim/stats` and `/healthz`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self)
+    }
+
+    /// Serves the routes on `listener` until `shutdown` completes, then finishes the requests
+    /// in flight (held ones are released at once) and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SimError> {
+        let router = self.router();
+        let shared = Arc::clone(&self.shared);
+        let signal = async move {
+            shutdown.await;
+            shared.stopping.send_replace(true);
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts over the whole store, as `GET /v1/sim/stats` answers them.
+    pub async fn stats(&self) -> Result<Stats, SimError> {
+        self.shared.store.stats().await
+    }
+}

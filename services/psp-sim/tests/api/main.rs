@@ -1,0 +1,12 @@
+//! End-to-end tests of the PSP simulator: the real server on a bound port, a fresh store in a
+//! temporary directory per test, and a plain HTTP client.
+
+mod auth;
+mod faults;
+mod helpers;
+mod payments;
+mod refunds;
+mod restart;
+mod scripted;
+mod settlement;
+mod stats;
