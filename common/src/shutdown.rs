@@ -40,9 +40,10 @@ impl Shutdown {
         let _ = self.rx.wait_for(|fired| *fired).await;
     }
 
-    /// An owned future, for APIs that take `impl Future + 'static`.
-    pub fn into_future(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.wait().await }
+    /// Consumes the handle and resolves once shutdown has been requested: an owned future, for
+    /// APIs that take `impl Future + 'static`.
+    pub async fn into_future(mut self) {
+        self.wait().await
     }
 }
 

@@ -73,10 +73,10 @@ impl Env {
         let url = format!("http://{}/readyz", self.app().http_addr);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
             }
             assert!(Instant::now() < deadline, "not ready within 20s");
             tokio::time::sleep(Duration::from_millis(50)).await;
