@@ -24,6 +24,8 @@ use crate::time::now_ms;
 pub trait ApplyEvents: Send + Sync + 'static {
     /// Durable consumer name, also the metric label.
     const CONSUMER: &'static str;
+    /// Crash point after the batch is committed, before it is acked.
+    const FAILPOINT: &'static str;
 
     /// Applies the events not applied before, atomically with their de-duplication records.
     /// Returns, per event, whether it was applied now (false: seen before).
@@ -66,6 +68,7 @@ impl<A: ApplyEvents> Handler for EventHandler<A> {
         match self.0.apply(&refs).await {
             Ok(applied) => {
                 assert_eq!(applied.len(), events.len(), "one answer per event");
+                crate::failpoint::hit(A::FAILPOINT);
                 let now = now_ms();
                 for ((i, e), fresh) in events.iter().zip(applied) {
                     if fresh {

@@ -205,9 +205,16 @@ pub struct Config {
     pub sweep_interval: Duration,
     #[arg(long, env = "PAYSTREAM_EXECUTING_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub executing_timeout: Duration,
+    /// Sweeper attempts per payment before it is left for reconciliation.
+    #[arg(long, env = "PAYSTREAM_SWEEP_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..=1000), global = true)]
+    pub sweep_max_attempts: i32,
     /// Stream replicas (3 on a cluster).
     #[arg(long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
     pub replicas: u8,
+
+    /// Crash points for tests (`name@n,…`: abort on the n-th hit). Never set in production.
+    #[arg(long, env = "PAYSTREAM_FAILPOINTS", global = true, hide = true)]
+    pub failpoints: Option<String>,
 
     /// The nats-server binary `up` runs when `PAYSTREAM_NATS_URL` is unset (2.11 or newer).
     /// Unset: `.venv/bin/nats-server`, then `nats-server` on PATH.
@@ -233,6 +240,18 @@ impl Config {
                 self.data_dir.join("paystream.sqlite").display()
             ),
         }
+    }
+
+    /// Checks relations between settings that no single flag can.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.executing_timeout <= self.psp_timeout {
+            return Err(format!(
+                "PAYSTREAM_EXECUTING_TIMEOUT ({:?}) must exceed PAYSTREAM_PSP_TIMEOUT ({:?}): the sweeper \
+                 must not take a payment whose PSP call may still be under way",
+                self.executing_timeout, self.psp_timeout
+            ));
+        }
+        Ok(())
     }
 
     /// File through which `up` tells client commands where its embedded NATS listens.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod consume;
 pub mod db;
 pub mod events;
+pub mod failpoint;
 pub mod ids;
 pub mod ingress;
 pub mod money;

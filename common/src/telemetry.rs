@@ -51,6 +51,9 @@ pub mod names {
     pub const CONSUMER_TERMINATED: &str = "paystream_consumer_terminated_total";
     pub const PAYMENT_E2E: &str = "paystream_payment_end_to_end_seconds";
     pub const READY: &str = "paystream_ready";
+    pub const SWEEPER_ATTEMPTS: &str = "paystream_sweeper_attempts_total";
+    pub const SWEEPER_EXHAUSTED: &str = "paystream_sweeper_exhausted";
+    pub const PAYMENTS_UNKNOWN: &str = "paystream_payments_unknown";
 }
 
 /// Consumers whose series are pre-registered.
@@ -223,6 +226,20 @@ fn register_catalogue() {
         let _ = histogram!(PAYMENT_E2E, "consumer" => consumer);
     }
     gauge!(READY).set(0.0);
+    describe_counter!(
+        SWEEPER_ATTEMPTS,
+        "Sweeper attempts on unresolved payments, by outcome (success, failure, unknown, config_error)."
+    );
+    describe_gauge!(
+        SWEEPER_EXHAUSTED,
+        "Payments the sweeper gave up on (attempts exhausted): left for reconciliation."
+    );
+    describe_gauge!(PAYMENTS_UNKNOWN, "Payments in UNKNOWN right now.");
+    for outcome in ["success", "failure", "unknown", "config_error"] {
+        counter!(SWEEPER_ATTEMPTS, "outcome" => outcome).absolute(0);
+    }
+    gauge!(SWEEPER_EXHAUSTED).set(0.0);
+    gauge!(PAYMENTS_UNKNOWN).set(0.0);
 }
 
 /// What `/readyz` waits for. Each component flips its flag; ready means all set.

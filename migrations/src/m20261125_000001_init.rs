@@ -24,6 +24,8 @@ enum Payments {
     PspReference,
     DeclineCode,
     LastError,
+    NextAttemptAtMs,
+    LeaseUntilMs,
     CreatedAtMs,
     UpdatedAtMs,
 }
@@ -113,6 +115,8 @@ impl MigrationTrait for Migration {
                 .col(string_null(Payments::PspReference))
                 .col(string_null(Payments::DeclineCode))
                 .col(text_null(Payments::LastError))
+                .col(big_integer_null(Payments::NextAttemptAtMs))
+                .col(big_integer_null(Payments::LeaseUntilMs))
                 .col(big_integer(Payments::CreatedAtMs))
                 .col(big_integer(Payments::UpdatedAtMs))
                 .to_owned(),

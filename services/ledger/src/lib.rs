@@ -23,6 +23,7 @@ pub struct Ledger {
 
 impl ApplyEvents for Ledger {
     const CONSUMER: &'static str = CONSUMER;
+    const FAILPOINT: &'static str = "ledger.after_commit";
 
     async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
         store::post(&self.db, events).await

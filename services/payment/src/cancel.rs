@@ -107,15 +107,14 @@ pub(crate) async fn cancel<P: Psp>(
         match outcome {
             PspOutcome::Succeeded { psp_reference } => {
                 changes.push(Change {
-                    payment_id: c.payment_id,
-                    trigger: Trigger::Refunded,
-                    cause: format!("PSP refunded ({psp_reference})"),
-                    psp_reference: None,
-                    decline_code: None,
-                    last_error: None,
                     event: Some(EventKind::Cancelled),
                     reason: Some(c.reason.unwrap_or_else(|| "cancelled".into())),
                     requested_at_ms: Some(published_ms),
+                    ..Change::new(
+                        c.payment_id,
+                        Trigger::Refunded,
+                        format!("PSP refunded ({psp_reference})"),
+                    )
                 });
                 change_idx.push(i);
             }

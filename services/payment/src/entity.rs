@@ -27,6 +27,10 @@ pub mod payment {
         pub psp_reference: Option<String>,
         pub decline_code: Option<String>,
         pub last_error: Option<String>,
+        /// UNKNOWN payments: when the sweeper may try again (bounded backoff).
+        pub next_attempt_at_ms: Option<i64>,
+        /// A sweeper instance holds the payment until then; others leave it alone.
+        pub lease_until_ms: Option<i64>,
         pub created_at_ms: i64,
         pub updated_at_ms: i64,
     }

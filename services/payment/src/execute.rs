@@ -5,11 +5,13 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use paystream_common::consume::Verdict;
-use paystream_common::events::EventKind;
+use paystream_common::failpoint;
 use paystream_common::state::Trigger;
+use paystream_common::time::now_ms;
 use tracing::Instrument;
 
 use crate::intake::Intake;
+use crate::outcome::{self, Decision};
 use crate::psp::{ChargeRequest, Psp, PspOutcome};
 use crate::store::{self, Change, Plan, Recorded, Requested};
 
@@ -67,6 +69,7 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[Requested]) -> Vec<Verdict>
         Ok(p) => p,
         Err(e) => return retry_all(leaders.len(), "database", &e),
     };
+    failpoint::hit("payment.after_executing");
     let mut verdicts: Vec<Option<Verdict>> = vec![None; leaders.len()];
     let mut to_call = Vec::new();
     for (pos, plan) in plans.into_iter().enumerate() {
@@ -104,65 +107,38 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[Requested]) -> Vec<Verdict>
         .collect()
         .await;
 
+    failpoint::hit("payment.after_psp");
     let mut changes = Vec::new();
     let mut change_pos = Vec::new();
     for (pos, outcome) in outcomes {
         let req = &leaders[pos].req;
-        let change = match outcome {
-            PspOutcome::Succeeded { psp_reference } => Change {
-                payment_id: req.payment_id,
-                trigger: Trigger::Charged,
-                cause: format!("PSP charged ({psp_reference})"),
-                psp_reference: Some(psp_reference),
-                decline_code: None,
-                last_error: None,
-                event: Some(EventKind::Succeeded),
-                reason: None,
-                requested_at_ms: None,
-            },
-            PspOutcome::Declined {
-                psp_reference,
-                code,
-            } => Change {
-                payment_id: req.payment_id,
-                trigger: Trigger::Declined,
-                cause: format!("PSP declined: {code}"),
-                psp_reference,
-                decline_code: Some(code.clone()),
-                last_error: None,
-                event: Some(EventKind::Failed),
-                reason: Some(code),
-                requested_at_ms: None,
-            },
-            PspOutcome::Indeterminate { error } => {
-                tracing::warn!(payment_id = %req.payment_id, buyer_id = %req.buyer_id, %error, "PSP outcome unknown; the sweeper will resolve it");
-                Change {
-                    payment_id: req.payment_id,
-                    trigger: Trigger::Indeterminate,
-                    cause: format!("PSP outcome unknown: {error}"),
-                    psp_reference: None,
-                    decline_code: None,
-                    last_error: Some(error),
-                    event: None,
-                    reason: None,
-                    requested_at_ms: None,
-                }
+        match outcome::of_charge(req.payment_id, outcome, "intake") {
+            Decision::Record(change) => {
+                let change = if change.trigger == Trigger::Indeterminate {
+                    tracing::warn!(payment_id = %req.payment_id, buyer_id = %req.buyer_id, error = ?change.last_error, "PSP outcome unknown; the sweeper will resolve it");
+                    Change {
+                        retry_at_ms: Some(now_ms()),
+                        ..change
+                    }
+                } else {
+                    change
+                };
+                changes.push(change);
+                change_pos.push(pos);
             }
-            PspOutcome::ConfigError { error } => {
+            Decision::ConfigError(error) => {
                 // Not the payment's fault: it stays EXECUTING and the request is retried.
                 tracing::error!(payment_id = %req.payment_id, %error, "PSP refused our credentials");
                 verdicts[pos] = Some(Verdict::Retry {
                     label: "psp_config",
                     error,
                 });
-                continue;
             }
-        };
-        changes.push(change);
-        change_pos.push(pos);
+        }
     }
     match store::record(&ctx.db, &changes).await {
         Ok(results) => {
+            failpoint::hit("payment.after_record");
             for (pos, result) in change_pos.into_iter().zip(results) {
                 if let Recorded::Applied(state) = result {
                     tracing::debug!(payment_id = %leaders[pos].req.payment_id, state = state.as_str(), "payment recorded");

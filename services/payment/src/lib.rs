@@ -12,8 +12,10 @@ pub mod entity;
 pub mod execute;
 pub mod intake;
 pub mod outbox;
+pub mod outcome;
 pub mod psp;
 pub mod store;
+pub mod sweeper;
 
 use std::sync::Arc;
 
@@ -43,7 +45,7 @@ pub async fn start<P: psp::Psp>(
     let wake = Arc::new(Notify::new());
     let intake = intake::Intake {
         db: db.clone(),
-        psp,
+        psp: psp.clone(),
         psp_concurrency: usize::from(cfg.psp_concurrency),
         outbox: wake.clone(),
     };
@@ -60,6 +62,20 @@ pub async fn start<P: psp::Psp>(
         intake,
         shutdown.clone(),
         ready,
+    ));
+    let sweeper_cfg = sweeper::SweeperConfig {
+        interval: cfg.sweep_interval,
+        executing_timeout: cfg.executing_timeout,
+        attempts_max: cfg.sweep_max_attempts,
+        psp_concurrency: usize::from(cfg.psp_concurrency),
+        lease: cfg.psp_timeout * 3 + cfg.psp_connect_timeout * 2,
+    };
+    tasks.spawn(sweeper::run(
+        db.clone(),
+        psp,
+        sweeper_cfg,
+        wake.clone(),
+        shutdown.clone(),
     ));
     tasks.spawn(outbox::run(db, js, wake, shutdown));
     Ok(())

@@ -107,6 +107,7 @@ async fn relay_round(
         }
     }
     let n = acked.len();
+    paystream_common::failpoint::hit("outbox.after_publish");
     if n > 0 {
         store::mark_published(db, &acked).await?;
     }

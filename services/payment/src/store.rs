@@ -12,7 +12,7 @@ use paystream_common::money::Currency;
 use paystream_common::state::{IllegalTransition, PaymentState, Trigger, transition};
 use paystream_common::telemetry::names;
 use paystream_common::time::{now_ms, rfc3339_ms};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -130,6 +130,8 @@ pub async fn begin_execution(
                 psp_reference: Set(None),
                 decline_code: Set(None),
                 last_error: Set(None),
+                next_attempt_at_ms: Set(None),
+                lease_until_ms: Set(None),
                 created_at_ms: Set(now),
                 updated_at_ms: Set(now),
             });
@@ -210,6 +212,28 @@ pub struct Change {
     pub reason: Option<String>,
     /// When the command behind this change was stored (unix ms); `None`: the payment request's.
     pub requested_at_ms: Option<i64>,
+    /// This change is a new PSP attempt (counts against the sweeper's bound).
+    pub attempted: bool,
+    /// UNKNOWN: when the sweeper may try again.
+    pub retry_at_ms: Option<i64>,
+}
+
+impl Change {
+    pub fn new(payment_id: PaymentId, trigger: Trigger, cause: String) -> Self {
+        Self {
+            payment_id,
+            trigger,
+            cause,
+            psp_reference: None,
+            decline_code: None,
+            last_error: None,
+            event: None,
+            reason: None,
+            requested_at_ms: None,
+            attempted: false,
+            retry_at_ms: None,
+        }
+    }
 }
 
 /// What happened to one change.
@@ -265,6 +289,19 @@ pub async fn record(
         if let Some(e) = &c.last_error {
             upd = upd.col_expr(payment::Column::LastError, Expr::value(e.clone()));
         }
+        if c.attempted {
+            upd = upd.col_expr(
+                payment::Column::Attempts,
+                Expr::col(payment::Column::Attempts).add(1),
+            );
+        }
+        // A recorded change ends any sweeper lease; UNKNOWN carries its next attempt time.
+        upd = upd
+            .col_expr(
+                payment::Column::LeaseUntilMs,
+                Expr::value(Option::<i64>::None),
+            )
+            .col_expr(payment::Column::NextAttemptAtMs, Expr::value(c.retry_at_ms));
         let n = upd.exec(&txn).await?.rows_affected;
         assert_eq!(n, 1, "the locked payment row exists");
         hist.push(history_row(&id, to, c.cause.clone(), now));
@@ -394,4 +431,108 @@ pub async fn mark_published(db: &DatabaseConnection, acked: &[(i64, u64)]) -> Re
             .await?;
     }
     txn.commit().await
+}
+
+/// Payments the sweeper should look at now: EXECUTING for longer than `executing_before_ms`
+/// allows (a crash mid-call), or UNKNOWN and due, not leased by another sweeper, attempts left.
+pub async fn sweep_candidates(
+    db: &DatabaseConnection,
+    now: i64,
+    executing_before_ms: i64,
+    attempts_max: i32,
+    limit: u64,
+) -> Result<Vec<payment::Model>, DbErr> {
+    use sea_orm::Condition;
+    let stale_executing = Condition::all()
+        .add(payment::Column::State.eq(PaymentState::Executing.as_str()))
+        .add(payment::Column::UpdatedAtMs.lt(executing_before_ms));
+    let due_unknown = Condition::all()
+        .add(payment::Column::State.eq(PaymentState::Unknown.as_str()))
+        .add(
+            Condition::any()
+                .add(payment::Column::NextAttemptAtMs.is_null())
+                .add(payment::Column::NextAttemptAtMs.lte(now)),
+        );
+    payment::Entity::find()
+        .filter(Condition::any().add(stale_executing).add(due_unknown))
+        .filter(
+            Condition::any()
+                .add(payment::Column::LeaseUntilMs.is_null())
+                .add(payment::Column::LeaseUntilMs.lt(now)),
+        )
+        .filter(payment::Column::Attempts.lt(attempts_max))
+        .order_by_asc(payment::Column::UpdatedAtMs)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// Takes a lease on each payment that nobody else holds; returns the ids this caller now holds.
+/// Two sweepers never work on the same payment at once (and if a lease expired mid-work, the
+/// state machine still lets only one outcome through).
+pub async fn claim(
+    db: &DatabaseConnection,
+    ids: &[String],
+    now: i64,
+    lease_until_ms: i64,
+) -> Result<Vec<String>, DbErr> {
+    use sea_orm::Condition;
+    let txn = begin_write(db).await?;
+    let mut held = Vec::with_capacity(ids.len());
+    for id in ids {
+        let n = payment::Entity::update_many()
+            .col_expr(payment::Column::LeaseUntilMs, Expr::value(lease_until_ms))
+            .filter(payment::Column::PaymentId.eq(id.as_str()))
+            .filter(payment::Column::State.is_in([
+                PaymentState::Executing.as_str(),
+                PaymentState::Unknown.as_str(),
+            ]))
+            .filter(
+                Condition::any()
+                    .add(payment::Column::LeaseUntilMs.is_null())
+                    .add(payment::Column::LeaseUntilMs.lt(now)),
+            )
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if n == 1 {
+            held.push(id.clone());
+        }
+    }
+    txn.commit().await?;
+    Ok(held)
+}
+
+/// Gives leases back without a state change (e.g. the PSP refused our credentials).
+pub async fn release(db: &DatabaseConnection, ids: &[String]) -> Result<(), DbErr> {
+    payment::Entity::update_many()
+        .col_expr(
+            payment::Column::LeaseUntilMs,
+            Expr::value(Option::<i64>::None),
+        )
+        .filter(payment::Column::PaymentId.is_in(ids.iter().cloned()))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// `(UNKNOWN now, unresolved past the sweeper's bound)`: the latter wait for reconciliation.
+pub async fn unresolved_counts(
+    db: &DatabaseConnection,
+    attempts_max: i32,
+) -> Result<(u64, u64), DbErr> {
+    let in_flight = [
+        PaymentState::Executing.as_str(),
+        PaymentState::Unknown.as_str(),
+    ];
+    let unknown = payment::Entity::find()
+        .filter(payment::Column::State.eq(PaymentState::Unknown.as_str()))
+        .count(db)
+        .await?;
+    let exhausted = payment::Entity::find()
+        .filter(payment::Column::State.is_in(in_flight))
+        .filter(payment::Column::Attempts.gte(attempts_max))
+        .count(db)
+        .await?;
+    Ok((unknown, exhausted))
 }

@@ -146,6 +146,10 @@ pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<Data
 }
 
 pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    if let Some(spec) = &cfg.failpoints {
+        paystream_common::failpoint::arm(spec).map_err(anyhow::Error::msg)?;
+    }
     let metrics = telemetry::install_metrics();
     let readiness = Readiness::default();
     let (trigger, shutdown) = shutdown::channel();

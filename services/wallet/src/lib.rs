@@ -21,6 +21,7 @@ pub struct Wallet {
 
 impl ApplyEvents for Wallet {
     const CONSUMER: &'static str = CONSUMER;
+    const FAILPOINT: &'static str = "wallet.after_commit";
 
     async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
         store::apply(&self.db, events).await

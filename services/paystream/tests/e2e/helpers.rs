@@ -31,6 +31,9 @@ pub fn config(nats_url: &str, db_url: &str, data_dir: &std::path::Path, extra: &
         "--psp-timeout=2s".to_owned(),
         "--psp-sim-hang=3s".to_owned(),
     ];
+    // A flag given in `extra` replaces the default above.
+    let flag = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+    args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Config::load_from(args).expect("test configuration parses")
 }
@@ -174,4 +177,172 @@ pub async fn sim_payment(psp_url: &str, payment_id: &str) -> Option<serde_json::
         return None;
     }
     Some(r.json().await.expect("payment JSON"))
+}
+
+/// Publishes requests pipelined (as `paystream pay` does, one at a time), retrying each until
+/// JetStream acknowledges it: a publisher that rides out a server restart. Returns when all are
+/// acknowledged.
+pub async fn publish_all(
+    js: &async_nats::jetstream::Context,
+    requests: &[paystream_common::ingress::PaymentRequest],
+) {
+    use async_nats::jetstream::message::PublishMessage;
+    for chunk in requests.chunks(256) {
+        let mut pending = Vec::new();
+        for r in chunk {
+            pending.push((r, send(js, r).await));
+        }
+        for (r, ack) in pending {
+            let mut ack = ack;
+            loop {
+                if let Some(f) = ack
+                    && f.await.is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ack = send(js, r).await;
+            }
+        }
+    }
+
+    async fn send(
+        js: &async_nats::jetstream::Context,
+        r: &paystream_common::ingress::PaymentRequest,
+    ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        let msg = PublishMessage::build()
+            .payload(paystream_common::codec::to_msgpack(r).into())
+            .message_id(r.payment_id.to_string());
+        js.send_publish(format!("payments.request.{}", r.buyer_id), msg)
+            .await
+            .ok()
+    }
+}
+
+/// `n` payment requests over `buyers` buyers and `merchants` merchants, amounts 100 + i.
+pub fn requests(
+    n: usize,
+    buyers: usize,
+    merchants: usize,
+    prefix: &str,
+) -> Vec<paystream_common::ingress::PaymentRequest> {
+    use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
+    use paystream_common::money::{Amount, Currency};
+    (0..n)
+        .map(|i| paystream_common::ingress::PaymentRequest {
+            payment_id: PaymentId::new_random(),
+            buyer_id: BuyerId::parse(&format!("{prefix}b-{}", i % buyers)).unwrap(),
+            merchant_id: MerchantId::parse(&format!("{prefix}m-{}", i % merchants)).unwrap(),
+            amount: Amount::new(100 + i as i64).unwrap(),
+            currency: Currency::parse("USD").unwrap(),
+            metadata: Default::default(),
+        })
+        .collect()
+}
+
+/// The money invariants, checked from three independent sides (our payments, the PSP's record,
+/// the wallet and ledger):
+/// - every published request is a payment in a final state (nothing lost);
+/// - SUCCESS ⇔ the PSP charged exactly once and never refunded; FAILURE ⇔ never charged;
+///   CANCELLED ⇔ charged once and refunded once;
+/// - each merchant's wallet = Σ SUCCESS amounts (cancelled ones netted out), and `ledger check` passes;
+/// - the PSP saw no double charge or refund at all.
+///
+/// Returns the number of payments per final state.
+pub async fn assert_exactly_once(
+    db: &DatabaseConnection,
+    psp_url: &str,
+    published: &[paystream_common::ingress::PaymentRequest],
+) -> std::collections::BTreeMap<String, usize> {
+    use futures::StreamExt;
+    use paystream_payment::entity::payment;
+    use sea_orm::EntityTrait;
+    let rows = payment::Entity::find().all(db).await.unwrap();
+    let by_id: std::collections::HashMap<&str, &payment::Model> =
+        rows.iter().map(|r| (r.payment_id.as_str(), r)).collect();
+    for r in published {
+        let row = by_id
+            .get(r.payment_id.to_string().as_str())
+            .unwrap_or_else(|| panic!("payment {} lost", r.payment_id));
+        assert_eq!(row.amount, r.amount.minor());
+    }
+    let mut per_state = std::collections::BTreeMap::new();
+    let mut wallet_expected: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    let client = reqwest::Client::new();
+    let checks: Vec<(String, String, Option<serde_json::Value>)> =
+        futures::stream::iter(rows.iter())
+            .map(|row| {
+                let client = client.clone();
+                async move {
+                    let resp = client
+                        .get(format!("{psp_url}/v1/payments/{}", row.payment_id))
+                        .send()
+                        .await
+                        .unwrap();
+                    let known = if resp.status().as_u16() == 404 {
+                        None
+                    } else {
+                        Some(resp.json().await.unwrap())
+                    };
+                    (row.payment_id.clone(), row.state.clone(), known)
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+    for (id, state, psp) in checks {
+        let charges = psp
+            .as_ref()
+            .and_then(|p| p["charge_count"].as_i64())
+            .unwrap_or(0);
+        let refunds = psp
+            .as_ref()
+            .and_then(|p| p["refund_count"].as_i64())
+            .unwrap_or(0);
+        let expected = match state.as_str() {
+            "SUCCESS" => (1, 0),
+            "FAILURE" => (0, 0),
+            "CANCELLED" => (1, 1),
+            other => panic!("payment {id} is not final: {other}"),
+        };
+        assert_eq!(
+            (charges, refunds),
+            expected,
+            "payment {id} in {state}: PSP says {psp:?}"
+        );
+        *per_state.entry(state.clone()).or_insert(0) += 1;
+        if state == "SUCCESS" {
+            let row = by_id[id.as_str()];
+            *wallet_expected
+                .entry((row.merchant_id.clone(), row.currency.clone()))
+                .or_default() += row.amount;
+        }
+    }
+    let wallet = paystream_wallet::store::all_balances(db).await.unwrap();
+    for (key, sum) in &wallet_expected {
+        assert_eq!(
+            wallet.get(key),
+            Some(sum),
+            "wallet {key:?} = Σ succeeded − Σ cancelled"
+        );
+    }
+    for (key, balance) in &wallet {
+        assert_eq!(
+            *balance,
+            wallet_expected.get(key).copied().unwrap_or(0),
+            "wallet {key:?} has no money it should not"
+        );
+    }
+    let check = paystream::queries::ledger_check(db).await.unwrap();
+    assert!(check.ok, "ledger check: {:?}", check.violations);
+    let stats = sim_stats(psp_url).await;
+    assert_eq!(
+        (
+            stats["double_charges"].as_i64(),
+            stats["double_refunds"].as_i64()
+        ),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    per_state
 }

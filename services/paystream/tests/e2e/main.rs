@@ -5,5 +5,7 @@
 mod bad_input;
 mod cancel;
 mod cli;
+mod crash;
+mod faults;
 mod happy;
 mod helpers;

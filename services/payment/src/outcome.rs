@@ -1,0 +1,105 @@
+//! What a PSP answer to a charge means for the payment: the one mapping from `PspOutcome` to a
+//! state change, shared by first execution and the sweeper.
+
+use paystream_common::events::EventKind;
+use paystream_common::ids::PaymentId;
+use paystream_common::state::Trigger;
+
+use crate::psp::{PspOutcome, PspPayment};
+use crate::store::Change;
+
+/// What to do with a charge answer.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Record(Change),
+    /// Our credentials were refused: record nothing against the payment.
+    ConfigError(String),
+}
+
+/// `via` names who asked, for the history (`"intake"`, `"sweeper"`).
+pub fn of_charge(payment_id: PaymentId, outcome: PspOutcome, via: &str) -> Decision {
+    let change = match outcome {
+        PspOutcome::Succeeded { psp_reference } => Change {
+            psp_reference: Some(psp_reference.clone()),
+            event: Some(EventKind::Succeeded),
+            ..Change::new(
+                payment_id,
+                Trigger::Charged,
+                format!("{via}: PSP charged ({psp_reference})"),
+            )
+        },
+        PspOutcome::Declined {
+            psp_reference,
+            code,
+        } => Change {
+            psp_reference,
+            decline_code: Some(code.clone()),
+            event: Some(EventKind::Failed),
+            reason: Some(code.clone()),
+            ..Change::new(
+                payment_id,
+                Trigger::Declined,
+                format!("{via}: PSP declined: {code}"),
+            )
+        },
+        PspOutcome::Indeterminate { error } => Change {
+            last_error: Some(error.clone()),
+            ..Change::new(
+                payment_id,
+                Trigger::Indeterminate,
+                format!("{via}: PSP outcome unknown: {error}"),
+            )
+        },
+        PspOutcome::ConfigError { error } => return Decision::ConfigError(error),
+    };
+    Decision::Record(change)
+}
+
+/// What the PSP's record of a key (`GET /v1/payments/{key}`) means, when it has one.
+pub fn of_lookup(payment_id: PaymentId, p: PspPayment) -> Decision {
+    let outcome = match p.status.as_str() {
+        "succeeded" => PspOutcome::Succeeded {
+            psp_reference: p.psp_reference,
+        },
+        "declined" => PspOutcome::Declined {
+            psp_reference: Some(p.psp_reference),
+            code: p.decline_code.unwrap_or_else(|| "declined".into()),
+        },
+        other => PspOutcome::Indeterminate {
+            error: format!("PSP reports status {other:?}"),
+        },
+    };
+    of_charge(payment_id, outcome, "sweeper (PSP lookup)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_map_to_triggers() {
+        let id = PaymentId::new_random();
+        let t = |o| match of_charge(id, o, "t") {
+            Decision::Record(c) => Some((c.trigger, c.event)),
+            Decision::ConfigError(_) => None,
+        };
+        assert_eq!(
+            t(PspOutcome::Succeeded {
+                psp_reference: "ch".into()
+            }),
+            Some((Trigger::Charged, Some(EventKind::Succeeded)))
+        );
+        assert_eq!(
+            t(PspOutcome::Declined {
+                psp_reference: None,
+                code: "x".into()
+            }),
+            Some((Trigger::Declined, Some(EventKind::Failed)))
+        );
+        assert_eq!(
+            t(PspOutcome::Indeterminate { error: "e".into() }),
+            Some((Trigger::Indeterminate, None))
+        );
+        assert_eq!(t(PspOutcome::ConfigError { error: "e".into() }), None);
+    }
+}

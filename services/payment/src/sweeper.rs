@@ -1,0 +1,213 @@
+//! The sweeper: resolves payments whose outcome is not known. Every `PAYSTREAM_SWEEP_INTERVAL` it
+//! takes the payments stuck in EXECUTING past `PAYSTREAM_EXECUTING_TIMEOUT` (the process died
+//! mid-call) and the UNKNOWN ones that are due, asks the PSP what it knows of each key and adopts
+//! the answer, or charges again with the same key when the PSP never saw it. Attempts are bounded
+//! (`PAYSTREAM_SWEEP_MAX_ATTEMPTS`) with exponential backoff; what stays unresolved is counted in
+//! `paystream_sweeper_exhausted` and left for reconciliation. A lease keeps two sweepers off the
+//! same payment.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use metrics::{counter, gauge};
+use paystream_common::ids::{MerchantId, PaymentId};
+use paystream_common::money::Currency;
+use paystream_common::shutdown::Shutdown;
+use paystream_common::state::Trigger;
+use paystream_common::telemetry::names;
+use paystream_common::time::now_ms;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::entity::payment;
+use crate::outcome::{self, Decision};
+use crate::psp::{ChargeRequest, Lookup, Psp, PspOutcome};
+use crate::store::{self, Change};
+
+/// Payments taken per sweep.
+const SWEEP_BATCH_MAX: u64 = 256;
+/// Longest wait between two attempts on one payment.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub struct SweeperConfig {
+    pub interval: Duration,
+    pub executing_timeout: Duration,
+    pub attempts_max: i32,
+    pub psp_concurrency: usize,
+    /// How long a claim holds: longer than one lookup plus one charge can take.
+    pub lease: Duration,
+}
+
+/// Delay before attempt `attempts + 1`: the interval doubled per attempt up to 32 times the
+/// interval, and never above `RETRY_DELAY_MAX`.
+pub fn retry_delay(interval: Duration, attempts: i32) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 5)).unwrap_or(5);
+    interval
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(RETRY_DELAY_MAX)
+}
+
+pub async fn run<P: Psp>(
+    db: DatabaseConnection,
+    psp: Arc<P>,
+    cfg: SweeperConfig,
+    outbox: Arc<Notify>,
+    mut shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            () = shutdown.wait() => break,
+        }
+        match sweep(&db, psp.as_ref(), &cfg).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(resolved_or_retried = n, "sweep done");
+                outbox.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "sweep failed; next interval retries"),
+        }
+        if let Ok((unknown, exhausted)) = store::unresolved_counts(&db, cfg.attempts_max).await {
+            gauge!(names::PAYMENTS_UNKNOWN).set(unknown as f64);
+            gauge!(names::SWEEPER_EXHAUSTED).set(exhausted as f64);
+        }
+    }
+    tracing::info!("sweeper stopped");
+}
+
+/// One sweep; returns how many payments got a recorded change.
+pub async fn sweep<P: Psp>(
+    db: &DatabaseConnection,
+    psp: &P,
+    cfg: &SweeperConfig,
+) -> Result<usize, store::StoreError> {
+    let now = now_ms();
+    let timeout_ms = i64::try_from(cfg.executing_timeout.as_millis()).unwrap_or(i64::MAX);
+    let candidates =
+        store::sweep_candidates(db, now, now - timeout_ms, cfg.attempts_max, SWEEP_BATCH_MAX)
+            .await?;
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let lease_ms = i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX);
+    let ids: Vec<String> = candidates.iter().map(|c| c.payment_id.clone()).collect();
+    let held = store::claim(db, &ids, now, now + lease_ms).await?;
+    let rows: Vec<payment::Model> = candidates
+        .into_iter()
+        .filter(|c| held.contains(&c.payment_id))
+        .collect();
+
+    let decisions: Vec<(payment::Model, Decision)> = futures::stream::iter(rows)
+        .map(|row| {
+            let span = tracing::info_span!("sweep", payment_id = %row.payment_id, buyer_id = %row.buyer_id, stream_seq = row.request_seq, attempt = row.attempts + 1, state = %row.state);
+            async move {
+                let d = resolve(psp, &row).await;
+                (row, d)
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(cfg.psp_concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut changes = Vec::new();
+    let mut released = Vec::new();
+    for (row, decision) in decisions {
+        match decision {
+            Decision::Record(change) => {
+                let label = match change.trigger {
+                    Trigger::Charged => "success",
+                    Trigger::Declined => "failure",
+                    _ => "unknown",
+                };
+                counter!(names::SWEEPER_ATTEMPTS, "outcome" => label).increment(1);
+                let retry_at_ms = (change.trigger == Trigger::Indeterminate).then(|| {
+                    let delay = retry_delay(cfg.interval, row.attempts + 1);
+                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
+                });
+                changes.push(Change {
+                    attempted: true,
+                    retry_at_ms,
+                    ..change
+                });
+            }
+            Decision::ConfigError(error) => {
+                counter!(names::SWEEPER_ATTEMPTS, "outcome" => "config_error").increment(1);
+                tracing::error!(payment_id = %row.payment_id, %error, "PSP refused our credentials");
+                released.push(row.payment_id);
+            }
+        }
+    }
+    if !released.is_empty() {
+        store::release(db, &released).await?;
+    }
+    let n = changes.len();
+    store::record(db, &changes).await?;
+    Ok(n)
+}
+
+/// Asks the PSP about one payment and decides; charges again (same key) if the PSP never saw it.
+async fn resolve<P: Psp>(psp: &P, row: &payment::Model) -> Decision {
+    let Ok(payment_id) = PaymentId::parse(&row.payment_id) else {
+        return Decision::ConfigError(format!(
+            "stored payment id {:?} is not a UUID",
+            row.payment_id
+        ));
+    };
+    match psp.lookup(payment_id).await {
+        Lookup::Known(p) => outcome::of_lookup(payment_id, p),
+        Lookup::ConfigError { error } => Decision::ConfigError(error),
+        Lookup::Indeterminate { error } => outcome::of_charge(
+            payment_id,
+            PspOutcome::Indeterminate { error },
+            "sweeper (PSP lookup)",
+        ),
+        Lookup::NotFound => {
+            let (Ok(merchant_id), Ok(currency)) = (
+                MerchantId::parse(&row.merchant_id),
+                Currency::parse(&row.currency),
+            ) else {
+                return Decision::ConfigError(format!(
+                    "payment {} has a corrupt merchant or currency",
+                    row.payment_id
+                ));
+            };
+            let metadata: BTreeMap<String, String> =
+                serde_json::from_str(&row.metadata).unwrap_or_default();
+            let charge = ChargeRequest {
+                payment_id,
+                amount: row.amount,
+                currency,
+                merchant_id: &merchant_id,
+                metadata: &metadata,
+            };
+            tracing::info!(payment_id = %row.payment_id, "PSP never received the charge: executing again with the same key");
+            outcome::of_charge(
+                payment_id,
+                psp.charge(&charge).await,
+                "sweeper (re-executed)",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let i = Duration::from_secs(5);
+        assert_eq!(retry_delay(i, 0), Duration::from_secs(5));
+        assert_eq!(retry_delay(i, 1), Duration::from_secs(10));
+        assert_eq!(retry_delay(i, 3), Duration::from_secs(40));
+        assert_eq!(retry_delay(i, 30), Duration::from_secs(160));
+        assert_eq!(retry_delay(Duration::from_secs(60), 30), RETRY_DELAY_MAX);
+    }
+}
