@@ -269,9 +269,15 @@ pub async fn record(
             Some(s) => *s,
             None => state_of(row)?,
         };
-        let Ok(to) = transition(from, c.trigger) else {
-            results.push(Recorded::Skipped(from));
-            continue;
+        let to = match transition(from, c.trigger) {
+            Ok(to) => to,
+            Err(illegal) => {
+                // Someone else recorded the outcome first (a redelivery racing the sweeper):
+                // the change is refused by the state machine, never applied.
+                tracing::info!(payment_id = %id, %illegal, cause = %c.cause, "change refused by the state machine");
+                results.push(Recorded::Skipped(from));
+                continue;
+            }
         };
         let version =
             versions.get(&id).copied().unwrap_or(row.version) + i32::from(c.event.is_some());

@@ -9,3 +9,5 @@ mod crash;
 mod faults;
 mod happy;
 mod helpers;
+mod nats_restart;
+mod sweeper;
