@@ -61,27 +61,54 @@ pub fn decode_events(batch: &[Message]) -> (Vec<(usize, PaymentEvent)>, Vec<Opti
 
 struct EventHandler<A>(A);
 
+impl<A: ApplyEvents> EventHandler<A> {
+    /// Counts and acks what one successful apply reported.
+    fn applied(
+        &self,
+        events: &[&(usize, PaymentEvent)],
+        applied: Vec<bool>,
+        verdicts: &mut [Option<Verdict>],
+    ) {
+        assert_eq!(applied.len(), events.len(), "one answer per event");
+        crate::failpoint::hit(A::FAILPOINT);
+        let now = now_ms();
+        for ((i, e), fresh) in events.iter().map(|p| (&p.0, &p.1)).zip(applied) {
+            if fresh {
+                counter!(names::EVENTS_APPLIED, "consumer" => A::CONSUMER, "type" => e.kind.as_str()).increment(1);
+                if let Some(t) = e.requested_at_ms {
+                    histogram!(names::PAYMENT_E2E, "consumer" => A::CONSUMER)
+                        .record((now - t).max(0) as f64 / 1000.0);
+                }
+                tracing::debug!(consumer = A::CONSUMER, payment_id = %e.payment_id, buyer_id = %e.buyer_id, event = e.kind.as_str(), version = e.version, "event applied");
+            } else {
+                counter!(names::EVENTS_DUPLICATE, "consumer" => A::CONSUMER).increment(1);
+            }
+            verdicts[*i] = Some(Verdict::Ack);
+        }
+    }
+}
+
 impl<A: ApplyEvents> Handler for EventHandler<A> {
     async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
         let (events, mut verdicts) = decode_events(batch);
+        let all: Vec<&(usize, PaymentEvent)> = events.iter().collect();
         let refs: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).collect();
         match self.0.apply(&refs).await {
-            Ok(applied) => {
-                assert_eq!(applied.len(), events.len(), "one answer per event");
-                crate::failpoint::hit(A::FAILPOINT);
-                let now = now_ms();
-                for ((i, e), fresh) in events.iter().zip(applied) {
-                    if fresh {
-                        counter!(names::EVENTS_APPLIED, "consumer" => A::CONSUMER, "type" => e.kind.as_str()).increment(1);
-                        if let Some(t) = e.requested_at_ms {
-                            histogram!(names::PAYMENT_E2E, "consumer" => A::CONSUMER)
-                                .record((now - t).max(0) as f64 / 1000.0);
+            Ok(applied) => self.applied(&all, applied, &mut verdicts),
+            Err(err) if events.len() > 1 => {
+                // One bad event must not hold back the batch: apply each in its own transaction,
+                // so only the failing ones are retried.
+                tracing::warn!(consumer = A::CONSUMER, error = %err, "batch failed; applying its events one by one");
+                for one in &all {
+                    match self.0.apply(&[&one.1]).await {
+                        Ok(applied) => self.applied(&[*one], applied, &mut verdicts),
+                        Err(e) => {
+                            verdicts[one.0] = Some(Verdict::Retry {
+                                label: "database",
+                                error: e.to_string(),
+                            })
                         }
-                        tracing::debug!(consumer = A::CONSUMER, payment_id = %e.payment_id, buyer_id = %e.buyer_id, event = e.kind.as_str(), version = e.version, "event applied");
-                    } else {
-                        counter!(names::EVENTS_DUPLICATE, "consumer" => A::CONSUMER).increment(1);
                     }
-                    verdicts[*i] = Some(Verdict::Ack);
                 }
             }
             Err(err) => {
@@ -104,6 +131,7 @@ impl<A: ApplyEvents> Handler for EventHandler<A> {
 pub async fn start<A: ApplyEvents>(
     cfg: &Config,
     js: &jetstream::Context,
+    db: sea_orm::DatabaseConnection,
     applier: A,
     readiness: &Readiness,
     shutdown: Shutdown,
@@ -115,6 +143,7 @@ pub async fn start<A: ApplyEvents>(
         batch_max: usize::from(cfg.batch_max),
         backoff: cfg.backoff.clone(),
         progress_every: streams::progress_interval(cfg),
+        failures: Some(db),
     };
     let ready: Arc<AtomicBool> = readiness.component(&format!("{} consumer", A::CONSUMER));
     tasks.spawn(consume::run(

@@ -212,6 +212,10 @@ pub struct Config {
     #[arg(long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
     pub replicas: u8,
 
+    /// Who operator actions (dlq redrive/purge) are recorded as in the audit trail.
+    #[arg(long, env = "PAYSTREAM_ACTOR", default_value = "cli", global = true)]
+    pub actor: String,
+
     /// Crash points for tests (`name@n,…`: abort on the n-th hit). Never set in production.
     #[arg(long, env = "PAYSTREAM_FAILPOINTS", global = true, hide = true)]
     pub failpoints: Option<String>,

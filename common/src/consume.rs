@@ -45,6 +45,8 @@ pub struct LoopConfig {
     pub backoff: Backoff,
     /// How often to send `+WPI` for a batch still being handled.
     pub progress_every: Duration,
+    /// Where failed attempts are recorded (the last error of a dead letter).
+    pub failures: Option<sea_orm::DatabaseConnection>,
 }
 
 /// Runs until shutdown. Errors of the message stream (NATS restarting, a missed heartbeat) are
@@ -57,7 +59,7 @@ pub async fn run<H: Handler>(
     ready: Arc<AtomicBool>,
 ) {
     let handler = Arc::new(handler);
-    'outer: while !shutdown.is_fired() {
+    while !shutdown.is_fired() {
         let stream = consumer
             .stream()
             .max_messages_per_batch(cfg.batch_max)
@@ -65,8 +67,8 @@ pub async fn run<H: Handler>(
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await;
-        let mut chunks = match stream {
-            Ok(s) => s.ready_chunks(cfg.batch_max),
+        let mut stream = match stream {
+            Ok(s) => s,
             Err(e) => {
                 ready.store(false, Ordering::Relaxed);
                 tracing::warn!(consumer = cfg.name, error = %e, "pull failed; retrying in 1s");
@@ -77,48 +79,98 @@ pub async fn run<H: Handler>(
             }
         };
         ready.store(true, Ordering::Relaxed);
-        loop {
-            let chunk = tokio::select! {
-                c = chunks.next() => c,
-                () = shutdown.wait() => break 'outer,
-            };
-            let Some(chunk) = chunk else { continue 'outer };
-            let mut batch = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                match item {
-                    Ok(m) => batch.push(m),
-                    Err(e) => {
-                        tracing::warn!(consumer = cfg.name, error = %e, "message stream error")
+        // A reader drains the pull eagerly and registers every message the moment it arrives; a
+        // heartbeat sends `+WPI` for everything registered and not yet settled. So a message
+        // waiting behind a slow batch is never redelivered for sitting in a buffer, and never
+        // burns a delivery it did not use.
+        let held = Held::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(cfg.batch_max * 2);
+        let reader = {
+            let held = held.clone();
+            let name = cfg.name;
+            tokio::spawn(async move {
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(m) => {
+                            held.insert(&m).await;
+                            if tx.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(consumer = name, error = %e, "message stream error")
+                        }
                     }
                 }
+            })
+        };
+        let heartbeat = tokio::spawn(held.clone().heartbeat(cfg.progress_every));
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                () = shutdown.wait() => None,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < cfg.batch_max {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
             }
-            if !batch.is_empty() {
-                handle_batch(&cfg, handler.as_ref(), batch).await;
-            }
+            handle_batch(&cfg, handler.as_ref(), &batch, &held).await;
         }
+        reader.abort();
+        heartbeat.abort();
     }
     tracing::info!(consumer = cfg.name, "consumer stopped");
 }
 
-async fn handle_batch<H: Handler>(cfg: &LoopConfig, handler: &H, batch: Vec<Message>) {
-    let started = Instant::now();
-    histogram!(names::CONSUMER_BATCH_SIZE, "consumer" => cfg.name).record(batch.len() as f64);
-    let verdicts = {
-        let work = handler.handle(&batch);
-        tokio::pin!(work);
-        let mut tick = tokio::time::interval(cfg.progress_every);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                v = &mut work => break v,
-                _ = tick.tick() => {
-                    for m in &batch {
-                        let _ = m.ack_with(AckKind::Progress).await;
-                    }
-                }
+/// Messages received and not yet settled, by reply subject, for progress acks.
+#[derive(Clone, Default)]
+struct Held(Arc<tokio::sync::Mutex<std::collections::HashMap<String, async_nats::Client>>>);
+
+impl Held {
+    async fn insert(&self, m: &Message) {
+        if let Some(reply) = &m.reply {
+            self.0
+                .lock()
+                .await
+                .insert(reply.to_string(), m.context.client());
+        }
+    }
+
+    /// Stops the heartbeat for these messages. Called before they are settled: the lock orders
+    /// every `+WPI` before the ack or NAK, so a late progress ack cannot undo a NAK's delay.
+    async fn remove(&self, batch: &[Message]) {
+        let mut held = self.0.lock().await;
+        for m in batch {
+            if let Some(reply) = &m.reply {
+                held.remove(reply.as_str());
             }
         }
-    };
+    }
+
+    async fn heartbeat(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let held = self.0.lock().await;
+            for (reply, client) in held.iter() {
+                let _ = client
+                    .publish(reply.clone(), bytes::Bytes::from_static(b"+WPI"))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn handle_batch<H: Handler>(cfg: &LoopConfig, handler: &H, batch: &[Message], held: &Held) {
+    let started = Instant::now();
+    histogram!(names::CONSUMER_BATCH_SIZE, "consumer" => cfg.name).record(batch.len() as f64);
+    let verdicts = handler.handle(batch).await;
+    held.remove(batch).await;
     assert_eq!(
         verdicts.len(),
         batch.len(),
@@ -151,6 +203,14 @@ async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) {
             counter!(names::CONSUMER_RETRIES, "consumer" => cfg.name, "reason" => label)
                 .increment(1);
             tracing::warn!(consumer = cfg.name, stream_seq = seq, delivered, ?delay, error = %bounded(&error, 512), "retrying");
+            if let Some(db) = &cfg.failures {
+                let stream = msg.info().map(|i| i.stream.to_owned()).unwrap_or_default();
+                if let Err(e) =
+                    crate::failures::record(db, cfg.name, &stream, seq, delivered, &error).await
+                {
+                    tracing::warn!(consumer = cfg.name, stream_seq = seq, error = %e, "could not record the failed attempt");
+                }
+            }
             msg.ack_with(AckKind::Nak(Some(delay))).await
         }
         Verdict::Term { label, reason } => {

@@ -49,6 +49,7 @@ impl EventKind {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentEvent {
+    #[serde(with = "crate::ids::uuid_string")]
     pub event_id: Uuid,
     #[serde(rename = "type")]
     pub kind: EventKind,
@@ -125,6 +126,12 @@ mod tests {
             delta_minor: None,
         };
         assert_eq!(PaymentEvent::decode(None, &e.encode()).unwrap(), e);
+        let as_value: serde_json::Value = rmp_serde::from_slice(&e.encode()).unwrap();
+        assert_eq!(
+            as_value["event_id"],
+            e.event_id.to_string(),
+            "ids are strings in MessagePack too"
+        );
         let json = serde_json::to_vec(&e).unwrap();
         assert_eq!(PaymentEvent::decode(None, &json).unwrap(), e);
         assert_eq!(e.merchant_delta_minor(), 1234);

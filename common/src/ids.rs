@@ -58,6 +58,22 @@ impl<'de> Deserialize<'de> for PaymentId {
     }
 }
 
+/// Serialises a UUID as its hyphenated string in every format (uuid's own impl writes 16 raw bytes
+/// to MessagePack), so events read the same in `nats sub`, `dlq show` and JSON tools.
+pub mod uuid_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use uuid::Uuid;
+
+    pub fn serialize<S: Serializer>(u: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&u.hyphenated())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Uuid::parse_str(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A `[A-Za-z0-9_-]{1,64}` token: safe as a NATS subject token, a metric-free log field and a
 /// database key.
 fn check_token(s: &str) -> Result<(), IdError> {

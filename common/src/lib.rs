@@ -11,6 +11,7 @@ pub mod consume;
 pub mod db;
 pub mod events;
 pub mod failpoint;
+pub mod failures;
 pub mod ids;
 pub mod ingress;
 pub mod money;

@@ -30,7 +30,7 @@ pub const STREAM_FILES: [(&str, &str); 3] = [
 ];
 
 /// The durable consumers: `(stream, file name, contents)`.
-pub const CONSUMER_FILES: [(&str, &str, &str); 3] = [
+pub const CONSUMER_FILES: [(&str, &str, &str); 4] = [
     (
         PAYMENTS,
         "consumers/PAYMENTS.payment.json",
@@ -45,6 +45,11 @@ pub const CONSUMER_FILES: [(&str, &str, &str); 3] = [
         PAYMENT_EVENTS,
         "consumers/PAYMENT_EVENTS.ledger.json",
         include_str!("../../nats/consumers/PAYMENT_EVENTS.ledger.json"),
+    ),
+    (
+        DEAD_LETTERS,
+        "consumers/DEAD_LETTERS.dlq.json",
+        include_str!("../../nats/consumers/DEAD_LETTERS.dlq.json"),
     ),
 ];
 

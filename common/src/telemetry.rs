@@ -54,6 +54,10 @@ pub mod names {
     pub const SWEEPER_ATTEMPTS: &str = "paystream_sweeper_attempts_total";
     pub const SWEEPER_EXHAUSTED: &str = "paystream_sweeper_exhausted";
     pub const PAYMENTS_UNKNOWN: &str = "paystream_payments_unknown";
+    pub const DEAD_LETTERS: &str = "paystream_dead_letters_total";
+    pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
+    pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
+    pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
 }
 
 /// Consumers whose series are pre-registered.
@@ -240,6 +244,24 @@ fn register_catalogue() {
     }
     gauge!(SWEEPER_EXHAUSTED).set(0.0);
     gauge!(PAYMENTS_UNKNOWN).set(0.0);
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages dead-lettered, by consumer and kind (terminated, max_deliveries)."
+    );
+    describe_gauge!(DLQ_DEPTH, "Entries in DEAD_LETTERS awaiting an operator.");
+    describe_counter!(
+        DLQ_REDRIVES,
+        "Dead letters redriven (from the audit trail)."
+    );
+    describe_counter!(DLQ_PURGES, "Dead letters purged (from the audit trail).");
+    for consumer in CONSUMERS {
+        for kind in ["terminated", "max_deliveries"] {
+            counter!(DEAD_LETTERS, "consumer" => consumer, "kind" => kind).absolute(0);
+        }
+    }
+    gauge!(DLQ_DEPTH).set(0.0);
+    counter!(DLQ_REDRIVES).absolute(0);
+    counter!(DLQ_PURGES).absolute(0);
 }
 
 /// What `/readyz` waits for. Each component flips its flag; ready means all set.

@@ -39,5 +39,14 @@ pub async fn start(
     shutdown: paystream_common::shutdown::Shutdown,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), paystream_common::streams::TopologyError> {
-    apply::start(cfg, &js, Ledger { db }, readiness, shutdown, tasks).await
+    apply::start(
+        cfg,
+        &js,
+        db.clone(),
+        Ledger { db },
+        readiness,
+        shutdown,
+        tasks,
+    )
+    .await
 }

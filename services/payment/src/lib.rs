@@ -54,6 +54,7 @@ pub async fn start<P: psp::Psp>(
         batch_max: usize::from(cfg.batch_max),
         backoff: cfg.backoff.clone(),
         progress_every: streams::progress_interval(cfg),
+        failures: Some(db.clone()),
     };
     let ready = readiness.component("payment consumer");
     tasks.spawn(consume::run(

@@ -24,6 +24,8 @@ pub struct Parts {
     pub payment: bool,
     pub wallet: bool,
     pub ledger: bool,
+    /// The dlq service: follows DEAD_LETTERS for metrics and logs.
+    pub dlq: bool,
     /// Start the PSP simulator (when no PSP URL is configured).
     pub psp_sim: bool,
     /// Start a nats-server of our own (when no NATS URL is configured).
@@ -36,12 +38,13 @@ impl Parts {
             payment: true,
             wallet: true,
             ledger: true,
+            dlq: true,
             psp_sim: true,
             nats_server: true,
         }
     }
     fn any_service(&self) -> bool {
-        self.payment || self.wallet || self.ledger
+        self.payment || self.wallet || self.ledger || self.dlq
     }
 }
 
@@ -250,6 +253,17 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     }
     if parts.ledger {
         paystream_ledger::start(
+            &cfg,
+            conn.clone(),
+            js.clone(),
+            &readiness,
+            shutdown.clone(),
+            &mut app.tasks,
+        )
+        .await?;
+    }
+    if parts.dlq {
+        crate::dlq_watch::start(
             &cfg,
             conn.clone(),
             js.clone(),

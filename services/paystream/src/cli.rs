@@ -79,6 +79,51 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Dead letters: inspect, redrive, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Every dead letter, oldest first.
+    List {
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with the original's headers, decoded payload and every failed attempt.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish the originals for reprocessing (effects stay exactly-once), then remove the entries.
+    Redrive {
+        #[arg(required_unless_present = "all")]
+        ids: Vec<u64>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// With --all: only this consumer's dead letters.
+        #[arg(long, requires = "all")]
+        consumer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries from DEAD_LETTERS (the originals stay in their streams).
+    Purge {
+        #[arg(required_unless_present = "all")]
+        ids: Vec<u64>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[arg(long, requires = "all")]
+        consumer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,4 +141,5 @@ pub enum Service {
     Payment,
     Wallet,
     Ledger,
+    Dlq,
 }

@@ -2,7 +2,10 @@
 //! query commands. `main.rs` only parses arguments and dispatches, so tests drive the same code.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod dlq;
+pub mod dlq_watch;
 pub mod output;
 pub mod queries;

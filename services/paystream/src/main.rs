@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paystream::app::{self, Parts};
-use paystream::cli::{Cli, Command, LedgerCommand, Service};
+use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, Service};
+use paystream::dlq::{self, Selection};
 use paystream::output::emit;
 use paystream::{client, queries};
 use paystream_common::config::Config;
@@ -56,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 payment: service == Service::Payment,
                 wallet: service == Service::Wallet,
                 ledger: service == Service::Ledger,
+                dlq: service == Service::Dlq,
                 ..Parts::default()
             };
             app::start(cfg, parts).await?.run_until_signal().await;
@@ -146,6 +148,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !report.ok {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Dlq { command } => return run_dlq(&cfg, command).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let js = nats::jetstream(nats::connect(cfg, "paystream-cli", false).await?);
+    let conn = db::connect(&cfg.database_url()).await?;
+    let selection = |ids: Vec<u64>, all: bool, consumer: Option<String>| {
+        if all {
+            Selection::All { consumer }
+        } else {
+            Selection::Ids(ids)
+        }
+    };
+    match command {
+        DlqCommand::List { consumer, json } => {
+            let entries = dlq::list(&js, Some(&conn), consumer.as_deref()).await?;
+            emit(json, &entries, || dlq::list_table(&entries));
+        }
+        DlqCommand::Show { id, json } => {
+            let d = dlq::show(&js, Some(&conn), id).await?;
+            emit(json, &d, || {
+                serde_json::to_string_pretty(&d).unwrap_or_default() + "\n"
+            });
+        }
+        DlqCommand::Redrive {
+            ids,
+            all,
+            consumer,
+            json,
+        } => {
+            let n = dlq::redrive(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?;
+            let out = serde_json::json!({ "redriven": n });
+            emit(json, &out, || format!("redriven: {n}\n"));
+        }
+        DlqCommand::Purge {
+            ids,
+            all,
+            consumer,
+            json,
+        } => {
+            let n = dlq::purge(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?;
+            let out = serde_json::json!({ "purged": n });
+            emit(json, &out, || format!("purged: {n}\n"));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -37,5 +37,14 @@ pub async fn start(
     shutdown: paystream_common::shutdown::Shutdown,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), paystream_common::streams::TopologyError> {
-    apply::start(cfg, &js, Wallet { db }, readiness, shutdown, tasks).await
+    apply::start(
+        cfg,
+        &js,
+        db.clone(),
+        Wallet { db },
+        readiness,
+        shutdown,
+        tasks,
+    )
+    .await
 }

@@ -133,6 +133,22 @@ async fn crashes(backend: Backend) {
     let mut last = spawn(&nats.url(), &db.url, &psp_url, data.path(), None);
     let conn = paystream_common::db::connect(&db.url).await.unwrap();
     wait_settled(&conn, PAYMENTS as i64, Duration::from_secs(240)).await;
+    // A cancellation caught by a crash between its refund and its record is redelivered later.
+    let want = cancelled.len() as i64;
+    crate::helpers::eventually(
+        Duration::from_secs(120),
+        "every cancellation recorded",
+        || async {
+            scalar(
+                &conn,
+                "SELECT COUNT(*) FROM payments WHERE state = 'CANCELLED'",
+            )
+            .await
+                == want
+        },
+    )
+    .await;
+    wait_settled(&conn, PAYMENTS as i64, Duration::from_secs(60)).await;
     let per_state = assert_exactly_once(&conn, &psp_url, &published).await;
     assert_eq!(
         per_state.get("CANCELLED").copied(),

@@ -29,7 +29,7 @@ async fn fault_storm(backend: Backend) {
         "--executing-timeout=1s",
         "--sweep-interval=200ms",
         "--sweep-max-attempts=100",
-        "--backoff=100ms,200ms,400ms",
+        "--backoff=500ms,1s,2s",
         "--max-deliver=40",
     ];
     let Some(env) = Env::start(backend, &extra).await else {

@@ -41,8 +41,13 @@ pub fn config(nats_url: &str, db_url: &str, data_dir: &std::path::Path, extra: &
 impl Env {
     /// `None` when the backend is not configured here (PostgreSQL without its URL).
     pub async fn start(backend: Backend, extra: &[&str]) -> Option<Self> {
+        Self::start_with(backend, extra, false).await
+    }
+
+    /// `sync_always`: the nats-server fsyncs every write (for tests that restart it).
+    pub async fn start_with(backend: Backend, extra: &[&str], sync_always: bool) -> Option<Self> {
         let db = TestDb::new(backend).await?;
-        let nats = TestNats::start(false).await;
+        let nats = TestNats::start(sync_always).await;
         let data = tempfile::tempdir().expect("temp dir");
         let cfg = config(&nats.url(), &db.url, data.path(), extra);
         let app = app::start(cfg.clone(), Parts::all())
@@ -99,6 +104,24 @@ impl Env {
             .text()
             .await
             .expect("metrics text")
+    }
+
+    /// Stops the application and starts it again on the same server, database and data.
+    pub async fn restart_app(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        let cfg = Config {
+            psp_url: None,
+            ..self.cfg.clone()
+        };
+        self.app = Some(
+            app::start(cfg, Parts::all())
+                .await
+                .expect("paystream restarts"),
+        );
+        self.cfg.psp_url = self.app().psp_url.clone();
+        self.wait_ready().await;
     }
 
     pub async fn shutdown(mut self) {

@@ -6,6 +6,7 @@ mod bad_input;
 mod cancel;
 mod cli;
 mod crash;
+mod dead_letters;
 mod faults;
 mod happy;
 mod helpers;

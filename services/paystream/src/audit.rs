@@ -1,0 +1,54 @@
+//! The audit trail of operator actions (who, when, what, result).
+//!
+//! Architecture Invariant: operator actions write here before they report success.
+
+use paystream_common::time::now_ms;
+use sea_orm::entity::prelude::*;
+use sea_orm::{DatabaseConnection, Set};
+
+pub mod entry {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub at_ms: i64,
+        pub actor: String,
+        pub action: String,
+        pub target: String,
+        pub result: String,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub async fn record(
+    db: &DatabaseConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    result: &str,
+) -> Result<(), DbErr> {
+    entry::Entity::insert(entry::ActiveModel {
+        at_ms: Set(now_ms()),
+        actor: Set(paystream_common::text::bounded(actor, 128)),
+        action: Set(action.to_owned()),
+        target: Set(paystream_common::text::bounded(target, 512)),
+        result: Set(paystream_common::text::bounded(result, 1024)),
+        ..Default::default()
+    })
+    .exec_without_returning(db)
+    .await
+    .map(|_| ())
+}
+
+pub async fn count(db: &DatabaseConnection, action: &str) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    entry::Entity::find()
+        .filter(entry::Column::Action.eq(action))
+        .count(db)
+        .await
+}

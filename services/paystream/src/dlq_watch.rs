@@ -1,0 +1,116 @@
+//! The dlq service (`serve dlq`, part of `up`): follows DEAD_LETTERS with the durable consumer
+//! `dlq`, logs and counts each dead letter as it arrives, and keeps the depth and operator-action
+//! gauges current. It never removes entries: only an operator's redrive or purge does.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Message};
+use metrics::{counter, gauge};
+use paystream_common::config::Config;
+use paystream_common::consume::{self, Handler, LoopConfig, Verdict};
+use paystream_common::shutdown::Shutdown;
+use paystream_common::streams::{self, DEAD_LETTERS, TopologyError};
+use paystream_common::telemetry::{Readiness, names};
+use sea_orm::DatabaseConnection;
+use serde::Deserialize;
+use tokio::task::JoinSet;
+
+pub const CONSUMER: &str = "dlq";
+
+#[derive(Deserialize)]
+struct Advisory {
+    #[serde(rename = "type")]
+    kind: String,
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+struct Watch;
+
+impl Handler for Watch {
+    async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
+        for m in batch {
+            match serde_json::from_slice::<Advisory>(&m.payload) {
+                Ok(a) => {
+                    let kind = if a.kind.ends_with(".terminated") {
+                        "terminated"
+                    } else {
+                        "max_deliveries"
+                    };
+                    // The consumer label is bounded to paystream's own durable names.
+                    let consumer = telemetry_consumer(&a.consumer);
+                    counter!(names::DEAD_LETTERS, "consumer" => consumer, "kind" => kind)
+                        .increment(1);
+                    tracing::warn!(stream = %a.stream, consumer = %a.consumer, stream_seq = a.stream_seq, deliveries = a.deliveries, kind, reason = a.reason.as_deref().unwrap_or(""), "message dead-lettered");
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable advisory in DEAD_LETTERS"),
+            }
+        }
+        vec![Verdict::Ack; batch.len()]
+    }
+}
+
+fn telemetry_consumer(name: &str) -> &'static str {
+    paystream_common::telemetry::CONSUMERS
+        .iter()
+        .find(|c| **c == name)
+        .copied()
+        .unwrap_or("other")
+}
+
+pub async fn start(
+    cfg: &Config,
+    db: DatabaseConnection,
+    js: jetstream::Context,
+    readiness: &Readiness,
+    shutdown: Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), TopologyError> {
+    let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
+    let loop_cfg = LoopConfig {
+        name: CONSUMER,
+        batch_max: usize::from(cfg.batch_max),
+        backoff: cfg.backoff.clone(),
+        progress_every: streams::progress_interval(cfg),
+        failures: None,
+    };
+    let ready = readiness.component("dlq consumer");
+    tasks.spawn(consume::run(
+        consumer,
+        loop_cfg,
+        Watch,
+        shutdown.clone(),
+        ready,
+    ));
+    tasks.spawn(gauges(db, js, shutdown));
+    Ok(())
+}
+
+/// Depth of DEAD_LETTERS and the operator actions taken, every few seconds.
+async fn gauges(db: DatabaseConnection, js: jetstream::Context, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            () = shutdown.wait() => break,
+        }
+        if let Ok(info) = js
+            .get_stream(DEAD_LETTERS)
+            .await
+            .map(|s| s.cached_info().state.messages)
+        {
+            gauge!(names::DLQ_DEPTH).set(info as f64);
+        }
+        if let Ok(n) = crate::audit::count(&db, "dlq.redrive").await {
+            counter!(names::DLQ_REDRIVES).absolute(n);
+        }
+        if let Ok(n) = crate::audit::count(&db, "dlq.purge").await {
+            counter!(names::DLQ_PURGES).absolute(n);
+        }
+    }
+}
