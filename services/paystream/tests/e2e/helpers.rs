@@ -209,22 +209,30 @@ pub async fn publish_all(
     js: &async_nats::jetstream::Context,
     requests: &[paystream_common::ingress::PaymentRequest],
 ) {
-    use async_nats::jetstream::message::PublishMessage;
     for chunk in requests.chunks(256) {
-        let mut pending = Vec::new();
-        for r in chunk {
-            pending.push((r, send(js, r).await));
-        }
-        for (r, ack) in pending {
-            let mut ack = ack;
-            loop {
-                if let Some(f) = ack
-                    && f.await.is_ok()
-                {
-                    break;
+        let mut todo: Vec<&paystream_common::ingress::PaymentRequest> = chunk.iter().collect();
+        while !todo.is_empty() {
+            let mut pending = Vec::with_capacity(todo.len());
+            for r in &todo {
+                pending.push(send(js, r).await);
+            }
+            // Acks are awaited together, so an outage costs one ack timeout per round, not one
+            // per message.
+            let acked = futures::future::join_all(pending.into_iter().map(|ack| async move {
+                match ack {
+                    Some(f) => f.await.is_ok(),
+                    None => false,
                 }
+            }))
+            .await;
+            todo = todo
+                .into_iter()
+                .zip(acked)
+                .filter(|(_, ok)| !ok)
+                .map(|(r, _)| r)
+                .collect();
+            if !todo.is_empty() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                ack = send(js, r).await;
             }
         }
     }
@@ -233,7 +241,7 @@ pub async fn publish_all(
         js: &async_nats::jetstream::Context,
         r: &paystream_common::ingress::PaymentRequest,
     ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
-        let msg = PublishMessage::build()
+        let msg = async_nats::jetstream::message::PublishMessage::build()
             .payload(paystream_common::codec::to_msgpack(r).into())
             .message_id(r.payment_id.to_string());
         js.send_publish(format!("payments.request.{}", r.buyer_id), msg)

@@ -63,7 +63,10 @@ async fn nats_restart(backend: Backend) {
         "{backend:?}: nats-server down for {:.1}s",
         outage.elapsed().as_secs_f64()
     );
-    publisher.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publisher finished within 60s")
+        .unwrap();
     wait_settled(&db, PAYMENTS as i64, Duration::from_secs(120)).await;
     let per_state = assert_exactly_once(&db, &env.psp_url(), &published).await;
     eprintln!(
@@ -71,7 +74,9 @@ async fn nats_restart(backend: Backend) {
         env.app().readiness.not_ready().is_empty()
     );
     env.wait_ready().await;
-    env.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(30), env.shutdown())
+        .await
+        .expect("graceful shutdown within 30s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
