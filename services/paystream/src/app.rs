@@ -213,7 +213,7 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
 
     let streams_ready = readiness.component("streams");
     let client = nats::connect(&cfg, "paystream", true).await?;
-    let js = nats::jetstream(client);
+    let js = nats::jetstream(client.clone());
     streams::ensure_streams(&js, &cfg)
         .await
         .context("creating streams")?;
@@ -272,6 +272,15 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
             &mut app.tasks,
         )
         .await?;
+        crate::api::start(
+            client.clone(),
+            conn.clone(),
+            js.clone(),
+            shutdown.clone(),
+            &mut app.tasks,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the NATS service API: {e}"))?;
     }
     Ok(app)
 }

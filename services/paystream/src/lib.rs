@@ -1,6 +1,7 @@
 //! The `paystream` binary's library half: the assembly of services (`app`), the client and
 //! query commands. `main.rs` only parses arguments and dispatches, so tests drive the same code.
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod cli;

@@ -2,6 +2,7 @@
 //! (SQLite always, PostgreSQL when `PAYSTREAM_TEST_DATABASE_URL` is set). One test binary, so the
 //! suite links once; nextest runs the tests in parallel, each on its own server and database.
 
+mod api;
 mod bad_input;
 mod cancel;
 mod cli;
