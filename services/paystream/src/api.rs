@@ -120,32 +120,29 @@ impl SelectionBody {
 }
 
 /// Answers one endpoint until shutdown.
-fn serve<F, Fut>(
+async fn serve<F, Fut>(
     mut endpoint: service::endpoint::Endpoint,
     mut shutdown: Shutdown,
     handler: F,
-) -> impl Future<Output = ()> + Send
-where
+) where
     F: Fn(Bytes) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Bytes, ApiError>> + Send,
 {
-    async move {
-        loop {
-            let request = tokio::select! {
-                r = endpoint.next() => r,
-                () = shutdown.wait() => None,
-            };
-            let Some(request) = request else { break };
-            let answer =
-                handler(request.message.payload.clone())
-                    .await
-                    .map_err(|e| service::error::Error {
-                        status: e.status,
-                        code: e.code,
-                    });
-            if let Err(e) = request.respond(answer).await {
-                tracing::warn!(error = %e, "could not answer a service request");
-            }
+    loop {
+        let request = tokio::select! {
+            r = endpoint.next() => r,
+            () = shutdown.wait() => None,
+        };
+        let Some(request) = request else { break };
+        let answer =
+            handler(request.message.payload.clone())
+                .await
+                .map_err(|e| service::error::Error {
+                    status: e.status,
+                    code: e.code,
+                });
+        if let Err(e) = request.respond(answer).await {
+            tracing::warn!(error = %e, "could not answer a service request");
         }
     }
 }
