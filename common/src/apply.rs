@@ -20,6 +20,72 @@ use crate::streams::{self, TopologyError};
 use crate::telemetry::{Readiness, names};
 use crate::time::now_ms;
 
+/// The de-duplication record of every PAYMENT_EVENTS consumer.
+///
+/// Architecture Invariant: a row is written in the same transaction as the effect it guards.
+pub mod applied {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "applied_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub consumer: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub payment_id: String,
+        pub version: i32,
+        pub applied_at_ms: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Inside the caller's transaction: marks which events `consumer` has not applied before (a
+/// repeat within the batch counts as applied) and records the fresh ones. The caller then applies
+/// exactly the fresh ones and commits both together.
+pub async fn claim_fresh<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    consumer: &str,
+    events: &[&PaymentEvent],
+) -> Result<Vec<bool>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    let mut seen: std::collections::HashSet<String> = applied::Entity::find()
+        .select_only()
+        .column(applied::Column::EventId)
+        .filter(applied::Column::Consumer.eq(consumer))
+        .filter(applied::Column::EventId.is_in(ids.clone()))
+        .into_tuple::<String>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let now = now_ms();
+    let mut rows = Vec::new();
+    let mut fresh = Vec::with_capacity(events.len());
+    for (e, id) in events.iter().zip(ids) {
+        let new = seen.insert(id.clone());
+        if new {
+            rows.push(applied::ActiveModel {
+                consumer: Set(consumer.to_owned()),
+                event_id: Set(id),
+                payment_id: Set(e.payment_id.to_string()),
+                version: Set(i32::try_from(e.version).unwrap_or(i32::MAX)),
+                applied_at_ms: Set(now),
+            });
+        }
+        fresh.push(new);
+    }
+    if !rows.is_empty() {
+        applied::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(fresh)
+}
+
 /// What a service does with a batch of decoded events.
 pub trait ApplyEvents: Send + Sync + 'static {
     /// Durable consumer name, also the metric label.

@@ -1,5 +1,5 @@
-//! Payments (state, history, outbox), wallet (balances, applied events) and ledger (entries,
-//! applied events).
+//! Payments (state, history, outbox), wallet (balances), ledger (entries) and the events each
+//! PAYMENT_EVENTS consumer applied.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -65,11 +65,15 @@ enum WalletBalances {
     UpdatedAtMs,
 }
 
+/// Events applied, per consumer: the de-duplication record every PAYMENT_EVENTS consumer writes in
+/// the same transaction as its effect.
 #[derive(DeriveIden)]
-enum WalletEvents {
+enum AppliedEvents {
     Table,
+    Consumer,
     EventId,
     PaymentId,
+    Version,
     AppliedAtMs,
 }
 
@@ -84,14 +88,6 @@ enum LedgerEntries {
     Debit,
     Credit,
     AtMs,
-}
-
-#[derive(DeriveIden)]
-enum LedgerEvents {
-    Table,
-    EventId,
-    PaymentId,
-    AppliedAtMs,
 }
 
 #[async_trait::async_trait]
@@ -213,11 +209,28 @@ impl MigrationTrait for Migration {
         .await?;
         m.create_table(
             Table::create()
-                .table(WalletEvents::Table)
+                .table(AppliedEvents::Table)
                 .if_not_exists()
-                .col(string(WalletEvents::EventId).primary_key())
-                .col(string(WalletEvents::PaymentId))
-                .col(big_integer(WalletEvents::AppliedAtMs))
+                .col(string(AppliedEvents::Consumer))
+                .col(string(AppliedEvents::EventId))
+                .col(string(AppliedEvents::PaymentId))
+                .col(integer(AppliedEvents::Version))
+                .col(big_integer(AppliedEvents::AppliedAtMs))
+                .primary_key(
+                    Index::create()
+                        .col(AppliedEvents::Consumer)
+                        .col(AppliedEvents::EventId),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .if_not_exists()
+                .name("applied_events_payment")
+                .table(AppliedEvents::Table)
+                .col(AppliedEvents::Consumer)
+                .col(AppliedEvents::PaymentId)
                 .to_owned(),
         )
         .await?;
@@ -247,24 +260,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_table(
-            Table::create()
-                .table(LedgerEvents::Table)
-                .if_not_exists()
-                .col(string(LedgerEvents::EventId).primary_key())
-                .col(string(LedgerEvents::PaymentId))
-                .col(big_integer(LedgerEvents::AppliedAtMs))
-                .to_owned(),
-        )
-        .await?;
         Ok(())
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for t in [
-            LedgerEvents::Table.into_iden(),
             LedgerEntries::Table.into_iden(),
-            WalletEvents::Table.into_iden(),
+            AppliedEvents::Table.into_iden(),
             WalletBalances::Table.into_iden(),
             Outbox::Table.into_iden(),
             PaymentHistory::Table.into_iden(),

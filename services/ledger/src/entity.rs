@@ -21,19 +21,3 @@ pub mod entry {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
-
-pub mod applied {
-    use sea_orm::entity::prelude::*;
-
-    #[sea_orm::model]
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "ledger_events")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub event_id: String,
-        pub payment_id: String,
-        pub applied_at_ms: i64,
-    }
-
-    impl ActiveModelBehavior for ActiveModel {}
-}

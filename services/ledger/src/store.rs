@@ -1,48 +1,34 @@
 //! Every SQL statement of the ledger.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
+use paystream_common::apply;
 use paystream_common::db::begin_write;
 use paystream_common::events::PaymentEvent;
 use paystream_common::time::now_ms;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    Set, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
+    Statement,
 };
 
-use crate::entity::{applied, entry};
+use crate::entity::entry;
 use crate::posting;
 
 /// Posts the events not posted before, in one transaction. Returns, per event, whether it was
 /// posted now (false: a duplicate).
 pub async fn post(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
     let txn = begin_write(db).await?;
-    let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
-    let mut seen: HashSet<String> = applied::Entity::find()
-        .select_only()
-        .column(applied::Column::EventId)
-        .filter(applied::Column::EventId.is_in(ids.clone()))
-        .into_tuple::<String>()
-        .all(&txn)
-        .await?
-        .into_iter()
-        .collect();
+    let fresh = apply::claim_fresh(&txn, crate::CONSUMER, events).await?;
     let now = now_ms();
-    let mut fresh = Vec::new();
     let mut rows = Vec::new();
-    let mut result = Vec::with_capacity(events.len());
-    for (e, id) in events.iter().zip(ids) {
-        if !seen.insert(id.clone()) {
-            result.push(false);
-            continue;
-        }
+    for (e, _) in events.iter().zip(&fresh).filter(|(_, f)| **f) {
         let posting = posting::entries(e);
         assert!(
             posting::is_balanced(&posting),
             "Σ debits = Σ credits before commit"
         );
         rows.extend(posting.into_iter().map(|p| entry::ActiveModel {
-            event_id: Set(id.clone()),
+            event_id: Set(e.event_id.to_string()),
             payment_id: Set(e.payment_id.to_string()),
             account: Set(p.account),
             currency: Set(p.currency),
@@ -51,17 +37,6 @@ pub async fn post(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<V
             at_ms: Set(now),
             ..Default::default()
         }));
-        fresh.push(applied::ActiveModel {
-            event_id: Set(id),
-            payment_id: Set(e.payment_id.to_string()),
-            applied_at_ms: Set(now),
-        });
-        result.push(true);
-    }
-    if !fresh.is_empty() {
-        applied::Entity::insert_many(fresh)
-            .exec_without_returning(&txn)
-            .await?;
     }
     if !rows.is_empty() {
         entry::Entity::insert_many(rows)
@@ -69,7 +44,7 @@ pub async fn post(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<V
             .await?;
     }
     txn.commit().await?;
-    Ok(result)
+    Ok(fresh)
 }
 
 /// Σ debits and Σ credits per currency over the whole ledger.

@@ -11,7 +11,7 @@ use paystream_common::config::Config;
 use paystream_common::nats_server::{self, NatsServer, ServerOptions};
 use paystream_common::shutdown::{self, Shutdown, Trigger};
 use paystream_common::telemetry::{self, Readiness};
-use paystream_common::{db, nats, streams};
+use paystream_common::{apply, db, nats, streams};
 use paystream_migrations::{Migrator, MigratorTrait};
 use paystream_payment::psp::HttpPsp;
 use paystream_psp_sim::{Drift, SimConfig, Simulator};
@@ -241,10 +241,12 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
         .await?;
     }
     if parts.wallet {
-        paystream_wallet::start(
+        let applier = paystream_wallet::Wallet { db: conn.clone() };
+        apply::start(
             &cfg,
+            &js,
             conn.clone(),
-            js.clone(),
+            applier,
             &readiness,
             shutdown.clone(),
             &mut app.tasks,
@@ -252,10 +254,12 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
         .await?;
     }
     if parts.ledger {
-        paystream_ledger::start(
+        let applier = paystream_ledger::Ledger { db: conn.clone() };
+        apply::start(
             &cfg,
+            &js,
             conn.clone(),
-            js.clone(),
+            applier,
             &readiness,
             shutdown.clone(),
             &mut app.tasks,

@@ -32,18 +32,18 @@ fn nats_err(e: impl std::fmt::Display) -> DlqError {
 
 /// The advisory as the server publishes it.
 #[derive(Debug, Deserialize)]
-struct Advisory {
+pub(crate) struct Advisory {
     #[serde(rename = "type")]
-    kind: String,
-    stream: String,
-    consumer: String,
-    stream_seq: u64,
+    pub kind: String,
+    pub stream: String,
+    pub consumer: String,
+    pub stream_seq: u64,
     #[serde(default)]
-    deliveries: u64,
+    pub deliveries: u64,
     #[serde(default)]
-    reason: Option<String>,
+    pub reason: Option<String>,
     #[serde(default)]
-    timestamp: Option<String>,
+    pub timestamp: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -12,30 +12,16 @@ use paystream_common::shutdown::Shutdown;
 use paystream_common::streams::{self, DEAD_LETTERS, TopologyError};
 use paystream_common::telemetry::{Readiness, names};
 use sea_orm::DatabaseConnection;
-use serde::Deserialize;
 use tokio::task::JoinSet;
 
 pub const CONSUMER: &str = "dlq";
-
-#[derive(Deserialize)]
-struct Advisory {
-    #[serde(rename = "type")]
-    kind: String,
-    stream: String,
-    consumer: String,
-    stream_seq: u64,
-    #[serde(default)]
-    deliveries: u64,
-    #[serde(default)]
-    reason: Option<String>,
-}
 
 struct Watch;
 
 impl Handler for Watch {
     async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
         for m in batch {
-            match serde_json::from_slice::<Advisory>(&m.payload) {
+            match serde_json::from_slice::<crate::dlq::Advisory>(&m.payload) {
                 Ok(a) => {
                     let kind = if a.kind.ends_with(".terminated") {
                         "terminated"

@@ -18,21 +18,3 @@ pub mod balance {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
-
-pub mod applied {
-    use sea_orm::entity::prelude::*;
-
-    /// One row per event applied: the de-duplication record, written in the same transaction as
-    /// the balance change.
-    #[sea_orm::model]
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "wallet_events")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub event_id: String,
-        pub payment_id: String,
-        pub applied_at_ms: i64,
-    }
-
-    impl ActiveModelBehavior for ActiveModel {}
-}

@@ -8,7 +8,7 @@
 pub mod entity;
 pub mod store;
 
-use paystream_common::apply::{self, ApplyEvents};
+use paystream_common::apply::ApplyEvents;
 use paystream_common::events::PaymentEvent;
 use sea_orm::{DatabaseConnection, DbErr};
 
@@ -26,25 +26,4 @@ impl ApplyEvents for Wallet {
     async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
         store::apply(&self.db, events).await
     }
-}
-
-/// Starts the wallet's consumer loop into `tasks`.
-pub async fn start(
-    cfg: &paystream_common::config::Config,
-    db: DatabaseConnection,
-    js: async_nats::jetstream::Context,
-    readiness: &paystream_common::telemetry::Readiness,
-    shutdown: paystream_common::shutdown::Shutdown,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<(), paystream_common::streams::TopologyError> {
-    apply::start(
-        cfg,
-        &js,
-        db.clone(),
-        Wallet { db },
-        readiness,
-        shutdown,
-        tasks,
-    )
-    .await
 }

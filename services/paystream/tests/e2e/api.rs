@@ -55,7 +55,12 @@ async fn service_api() {
         .unwrap();
     let db = env.db();
     eventually(Duration::from_secs(20), "wallet credited", || async {
-        scalar(db, "SELECT COUNT(*) FROM wallet_events").await == 1
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM applied_events WHERE consumer = 'wallet'",
+        )
+        .await
+            == 1
     })
     .await;
 

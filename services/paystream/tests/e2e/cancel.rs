@@ -89,8 +89,18 @@ async fn cancellations(backend: Backend) {
         "wallet and ledger caught up",
         || async {
             let events = scalar(db, "SELECT COUNT(*) FROM outbox").await;
-            scalar(db, "SELECT COUNT(*) FROM wallet_events").await == events
-                && scalar(db, "SELECT COUNT(*) FROM ledger_events").await == events
+            scalar(
+                db,
+                "SELECT COUNT(*) FROM applied_events WHERE consumer = 'wallet'",
+            )
+            .await
+                == events
+                && scalar(
+                    db,
+                    "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
+                )
+                .await
+                    == events
         },
     )
     .await;

@@ -65,8 +65,8 @@ async fn wallet_p99_ms(db: &DatabaseConnection, prefix: &str) -> i64 {
         .query_all_raw(Statement::from_string(
             db.get_database_backend(),
             format!(
-                "SELECT w.applied_at_ms - p.requested_at_ms AS d FROM wallet_events w \
-                 JOIN payments p ON p.payment_id = w.payment_id WHERE p.merchant_id LIKE '{prefix}%'"
+                "SELECT w.applied_at_ms - p.requested_at_ms AS d FROM applied_events w \
+                 JOIN payments p ON p.payment_id = w.payment_id WHERE w.consumer = 'wallet' AND p.merchant_id LIKE '{prefix}%'"
             ),
         ))
         .await
@@ -111,7 +111,7 @@ async fn poisoned_merchant(backend: Backend) {
     let started = Instant::now();
     publish_all(&js, &loaded).await;
     eventually(Duration::from_secs(60), "healthy payments applied by the wallet", || async {
-        scalar(&db, "SELECT COUNT(*) FROM wallet_events w JOIN payments p ON p.payment_id = w.payment_id WHERE p.merchant_id LIKE 'bm-%'").await == 1_000
+        scalar(&db, "SELECT COUNT(*) FROM applied_events w JOIN payments p ON p.payment_id = w.payment_id WHERE w.consumer = 'wallet' AND p.merchant_id LIKE 'bm-%'").await == 1_000
     })
     .await;
     let healthy_done = started.elapsed();
@@ -173,7 +173,7 @@ async fn poisoned_merchant(backend: Backend) {
         "{backend:?}: observed retry gaps (ms) for the schedule {BACKOFF_MS:?}: {:?}",
         &delays[..3]
     );
-    assert_eq!(scalar(&db, &format!("SELECT COUNT(*) FROM ledger_events l JOIN payments p ON p.payment_id = l.payment_id WHERE p.merchant_id = '{POISON}'")).await, 10, "the ledger was not blocked");
+    assert_eq!(scalar(&db, &format!("SELECT COUNT(*) FROM applied_events l JOIN payments p ON p.payment_id = l.payment_id WHERE l.consumer = 'ledger' AND p.merchant_id = '{POISON}'")).await, 10, "the ledger was not blocked");
 
     // Dead letters survive a restart of nats-server and of the services.
     env.nats.server.restart().await.unwrap();

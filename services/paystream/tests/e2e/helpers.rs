@@ -174,8 +174,16 @@ pub async fn wait_settled(db: &DatabaseConnection, payments: i64, timeout: Durat
             "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NOT NULL",
         )
         .await;
-        let wallet = scalar(db, "SELECT COUNT(*) FROM wallet_events").await;
-        let ledger = scalar(db, "SELECT COUNT(*) FROM ledger_events").await;
+        let wallet = scalar(
+            db,
+            "SELECT COUNT(*) FROM applied_events WHERE consumer = 'wallet'",
+        )
+        .await;
+        let ledger = scalar(
+            db,
+            "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
+        )
+        .await;
         final_ == payments && published == events && wallet == events && ledger == events
     })
     .await;
