@@ -42,17 +42,31 @@ pub mod applied {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Inside the caller's transaction: marks which events `consumer` has not applied before (a
-/// repeat within the batch counts as applied) and records the fresh ones. The caller then applies
-/// exactly the fresh ones and commits both together.
+/// What a consumer may do with one event, decided in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Apply it now (its de-duplication row is written).
+    Fresh,
+    /// Applied before (or earlier in this batch): ack without effect.
+    Seen,
+    /// Version n arrived before version n−1 of the same payment was applied here (a cancellation
+    /// before its completion): requeue it, never apply it out of order.
+    Early,
+}
+
+/// Inside the caller's transaction: decides each event's `Claim` and records the fresh ones. A
+/// payment's events are taken in version order, so a batch holding versions 2 and 1 applies
+/// both. The caller applies exactly the `Fresh` ones and commits both together.
 pub async fn claim_fresh<C: sea_orm::ConnectionTrait>(
     txn: &C,
     consumer: &str,
     events: &[&PaymentEvent],
-) -> Result<Vec<bool>, DbErr> {
+) -> Result<Vec<Claim>, DbErr> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
+    use std::collections::{HashMap, HashSet};
     let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
-    let mut seen: std::collections::HashSet<String> = applied::Entity::find()
+    let payments: HashSet<String> = events.iter().map(|e| e.payment_id.to_string()).collect();
+    let mut seen: HashSet<String> = applied::Entity::find()
         .select_only()
         .column(applied::Column::EventId)
         .filter(applied::Column::Consumer.eq(consumer))
@@ -62,28 +76,53 @@ pub async fn claim_fresh<C: sea_orm::ConnectionTrait>(
         .await?
         .into_iter()
         .collect();
+    let mut applied_version: HashMap<String, i32> = HashMap::new();
+    for (payment_id, version) in applied::Entity::find()
+        .select_only()
+        .column(applied::Column::PaymentId)
+        .column(applied::Column::Version)
+        .filter(applied::Column::Consumer.eq(consumer))
+        .filter(applied::Column::PaymentId.is_in(payments))
+        .into_tuple::<(String, i32)>()
+        .all(txn)
+        .await?
+    {
+        let v = applied_version.entry(payment_id).or_insert(0);
+        *v = (*v).max(version);
+    }
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| (events[i].payment_id, events[i].version));
     let now = now_ms();
     let mut rows = Vec::new();
-    let mut fresh = Vec::with_capacity(events.len());
-    for (e, id) in events.iter().zip(ids) {
-        let new = seen.insert(id.clone());
-        if new {
-            rows.push(applied::ActiveModel {
-                consumer: Set(consumer.to_owned()),
-                event_id: Set(id),
-                payment_id: Set(e.payment_id.to_string()),
-                version: Set(i32::try_from(e.version).unwrap_or(i32::MAX)),
-                applied_at_ms: Set(now),
-            });
+    let mut claims = vec![Claim::Seen; events.len()];
+    for i in order {
+        let (e, id) = (events[i], &ids[i]);
+        if seen.contains(id) {
+            continue;
         }
-        fresh.push(new);
+        let version = i32::try_from(e.version).unwrap_or(i32::MAX);
+        let have = applied_version.entry(e.payment_id.to_string()).or_insert(0);
+        if version > *have + 1 {
+            claims[i] = Claim::Early;
+            continue;
+        }
+        seen.insert(id.clone());
+        *have = (*have).max(version);
+        claims[i] = Claim::Fresh;
+        rows.push(applied::ActiveModel {
+            consumer: Set(consumer.to_owned()),
+            event_id: Set(id.clone()),
+            payment_id: Set(e.payment_id.to_string()),
+            version: Set(version),
+            applied_at_ms: Set(now),
+        });
     }
     if !rows.is_empty() {
         applied::Entity::insert_many(rows)
             .exec_without_returning(txn)
             .await?;
     }
-    Ok(fresh)
+    Ok(claims)
 }
 
 /// What a service does with a batch of decoded events.
@@ -93,12 +132,12 @@ pub trait ApplyEvents: Send + Sync + 'static {
     /// Crash point after the batch is committed, before it is acked.
     const FAILPOINT: &'static str;
 
-    /// Applies the events not applied before, atomically with their de-duplication records.
-    /// Returns, per event, whether it was applied now (false: seen before).
+    /// Applies the events that `claim_fresh` finds fresh, atomically with their de-duplication
+    /// records. Returns each event's claim.
     fn apply(
         &self,
         events: &[&PaymentEvent],
-    ) -> impl Future<Output = Result<Vec<bool>, DbErr>> + Send;
+    ) -> impl Future<Output = Result<Vec<Claim>, DbErr>> + Send;
 }
 
 /// Decodes a batch of PAYMENT_EVENTS messages. Undecodable ones get a `Term` verdict at their
@@ -132,14 +171,26 @@ impl<A: ApplyEvents> EventHandler<A> {
     fn applied(
         &self,
         events: &[&(usize, PaymentEvent)],
-        applied: Vec<bool>,
+        applied: Vec<Claim>,
         verdicts: &mut [Option<Verdict>],
     ) {
         assert_eq!(applied.len(), events.len(), "one answer per event");
         crate::failpoint::hit(A::FAILPOINT);
         let now = now_ms();
-        for ((i, e), fresh) in events.iter().map(|p| (&p.0, &p.1)).zip(applied) {
-            if fresh {
+        for ((i, e), claim) in events.iter().map(|p| (&p.0, &p.1)).zip(applied) {
+            if claim == Claim::Early {
+                verdicts[*i] = Some(Verdict::Retry {
+                    label: "out_of_order",
+                    error: format!(
+                        "{} version {} arrived before version {}",
+                        e.kind.as_str(),
+                        e.version,
+                        e.version - 1
+                    ),
+                });
+                continue;
+            }
+            if claim == Claim::Fresh {
                 counter!(names::EVENTS_APPLIED, "consumer" => A::CONSUMER, "type" => e.kind.as_str()).increment(1);
                 if let Some(t) = e.requested_at_ms {
                     histogram!(names::PAYMENT_E2E, "consumer" => A::CONSUMER)

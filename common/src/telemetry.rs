@@ -83,12 +83,13 @@ pub const PSP_OUTCOMES: [&str; 5] = [
     "config_error",
 ];
 /// Reasons a message is retried (`Verdict::Retry` labels).
-pub const RETRY_REASONS: [&str; 5] = [
+pub const RETRY_REASONS: [&str; 6] = [
     "database",
     "psp_config",
     "psp_unknown",
     "payment_in_flight",
     "cancel_before_payment",
+    "out_of_order",
 ];
 /// Reasons a message is terminated beyond the ingress fields (`Verdict::Term` labels).
 pub const TERM_REASONS: [&str; 3] = ["event", "refund_refused", "database"];

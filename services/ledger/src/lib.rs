@@ -10,7 +10,7 @@ pub mod entity;
 pub mod posting;
 pub mod store;
 
-use paystream_common::apply::ApplyEvents;
+use paystream_common::apply::{ApplyEvents, Claim};
 use paystream_common::events::PaymentEvent;
 use sea_orm::{DatabaseConnection, DbErr};
 
@@ -25,7 +25,7 @@ impl ApplyEvents for Ledger {
     const CONSUMER: &'static str = CONSUMER;
     const FAILPOINT: &'static str = "ledger.after_commit";
 
-    async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
+    async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<Claim>, DbErr> {
         store::post(&self.db, events).await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use paystream_common::apply;
+use paystream_common::apply::{self, Claim};
 use paystream_common::db::begin_write;
 use paystream_common::events::PaymentEvent;
 use paystream_common::time::now_ms;
@@ -16,12 +16,16 @@ use crate::posting;
 
 /// Posts the events not posted before, in one transaction. Returns, per event, whether it was
 /// posted now (false: a duplicate).
-pub async fn post(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
+pub async fn post(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<Vec<Claim>, DbErr> {
     let txn = begin_write(db).await?;
     let fresh = apply::claim_fresh(&txn, crate::CONSUMER, events).await?;
     let now = now_ms();
     let mut rows = Vec::new();
-    for (e, _) in events.iter().zip(&fresh).filter(|(_, f)| **f) {
+    for (e, _) in events
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, c)| **c == Claim::Fresh)
+    {
         let posting = posting::entries(e);
         assert!(
             posting::is_balanced(&posting),

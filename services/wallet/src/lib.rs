@@ -8,7 +8,7 @@
 pub mod entity;
 pub mod store;
 
-use paystream_common::apply::ApplyEvents;
+use paystream_common::apply::{ApplyEvents, Claim};
 use paystream_common::events::PaymentEvent;
 use sea_orm::{DatabaseConnection, DbErr};
 
@@ -23,7 +23,7 @@ impl ApplyEvents for Wallet {
     const CONSUMER: &'static str = CONSUMER;
     const FAILPOINT: &'static str = "wallet.after_commit";
 
-    async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
+    async fn apply(&self, events: &[&PaymentEvent]) -> Result<Vec<Claim>, DbErr> {
         store::apply(&self.db, events).await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use paystream_common::apply;
+use paystream_common::apply::{self, Claim};
 use paystream_common::db::begin_write;
 use paystream_common::events::PaymentEvent;
 use paystream_common::time::now_ms;
@@ -13,12 +13,16 @@ use crate::entity::balance;
 
 /// Applies the events not applied before, in one transaction. Returns, per event, whether it was
 /// applied now (false: a duplicate).
-pub async fn apply(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<Vec<bool>, DbErr> {
+pub async fn apply(db: &DatabaseConnection, events: &[&PaymentEvent]) -> Result<Vec<Claim>, DbErr> {
     let txn = begin_write(db).await?;
     let fresh = apply::claim_fresh(&txn, crate::CONSUMER, events).await?;
     let now = now_ms();
     let mut deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for (e, _) in events.iter().zip(&fresh).filter(|(_, f)| **f) {
+    for (e, _) in events
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, c)| **c == Claim::Fresh)
+    {
         *deltas
             .entry((e.merchant_id.to_string(), e.currency.to_string()))
             .or_default() += e.merchant_delta_minor();

@@ -12,4 +12,5 @@ mod faults;
 mod happy;
 mod helpers;
 mod nats_restart;
+mod ordering;
 mod sweeper;
