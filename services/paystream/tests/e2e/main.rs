@@ -14,3 +14,4 @@ mod helpers;
 mod nats_restart;
 mod ordering;
 mod sweeper;
+mod topology;
