@@ -79,6 +79,22 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Raw JetStream hop against paystream end to end, in one run on the same server settings.
+    Bench {
+        /// Payments (and raw messages) for the throughput run.
+        #[arg(long, default_value_t = 10_000)]
+        payments: usize,
+        /// Fixed rate (per second) for the latency runs.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: BenchDb,
+        /// `always`: the server fsyncs every write; `interval`: its default (2 min).
+        #[arg(long, value_enum, default_value = "interval")]
+        fsync: Fsync,
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead letters: inspect, redrive, purge.
     Dlq {
         #[command(subcommand)]
@@ -134,6 +150,18 @@ pub enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchDb {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    Always,
+    Interval,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

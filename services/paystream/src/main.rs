@@ -150,6 +150,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Dlq { command } => return run_dlq(&cfg, command).await,
+        Command::Bench {
+            payments,
+            rate,
+            db,
+            fsync,
+            json,
+        } => {
+            let opts = paystream::bench::BenchOptions {
+                payments,
+                rate,
+                postgres: db == paystream::cli::BenchDb::Postgres,
+                fsync_always: fsync == paystream::cli::Fsync::Always,
+            };
+            let report = paystream::bench::run(&cfg, opts).await?;
+            emit(json, &report, || report.table());
+            if !report.verified {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

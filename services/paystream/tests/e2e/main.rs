@@ -4,6 +4,7 @@
 
 mod api;
 mod bad_input;
+mod bench_smoke;
 mod cancel;
 mod cli;
 mod crash;

@@ -1,0 +1,465 @@
+//! `paystream bench`: raw JetStream against paystream end to end, on the same nats-server
+//! settings in one run, so only the ratio matters (absolute numbers on a shared 2-core machine are
+//! noise). The raw hop is publish → pull consume → ack of 256-byte messages; paystream's is a
+//! payment published on `payments.request.*` until the ledger has applied its event (PSP
+//! simulator with no injected latency). Both are measured at saturation (throughput) and at a
+//! fixed rate (latency). The outcome is verified, so a fast wrong run cannot report.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self, consumer::pull, context::PublishAckFuture, message::PublishMessage,
+};
+use futures::StreamExt;
+use paystream_common::config::Config;
+use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
+use paystream_common::ingress::PaymentRequest;
+use paystream_common::money::{Amount, Currency};
+use paystream_common::nats_server::{self, NatsServer, ServerOptions};
+use paystream_common::{codec, nats};
+use sea_orm::{ConnectionTrait, Statement};
+use serde::Serialize;
+
+use crate::app::{self, Parts};
+
+/// Publish acks outstanding at once (FIELD-NOTES: 256–1024 is the sweet spot on 2 cores).
+const PUBLISH_WINDOW: usize = 512;
+const PAYLOAD_BYTES: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub payments: usize,
+    pub rate: u32,
+    pub postgres: bool,
+    pub fsync_always: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub samples: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Raw {
+    pub msgs: usize,
+    pub msgs_per_s: f64,
+    pub latency_at_rate: Latency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Paystream {
+    pub payments: usize,
+    pub payments_per_s: f64,
+    pub cpu_ms_per_payment: f64,
+    pub latency_at_rate: Latency,
+    pub db: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub raw: Raw,
+    pub paystream: Paystream,
+    /// paystream payments/s ÷ raw hop msgs/s.
+    pub ratio: f64,
+    /// `always` (fsync per write) or `interval` (the server's default, 2 min).
+    pub fsync: &'static str,
+    pub rate: u32,
+    pub verified: bool,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let l = |x: &Latency| {
+            format!(
+                "p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms",
+                x.p50_ms, x.p99_ms, x.p999_ms
+            )
+        };
+        format!(
+            "fsync {}\nraw JetStream hop   {:>9.0} msgs/s      at {} msg/s: {}\npaystream ({:<8}) {:>9.0} payments/s  at {} /s: {}\nratio               {:.3}\ncpu per payment     {:.3} ms\nverified            {}{}\n",
+            self.fsync,
+            self.raw.msgs_per_s,
+            self.rate,
+            l(&self.raw.latency_at_rate),
+            self.paystream.db,
+            self.paystream.payments_per_s,
+            self.rate,
+            l(&self.paystream.latency_at_rate),
+            self.ratio,
+            self.paystream.cpu_ms_per_payment,
+            self.verified,
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!("\nproblems: {}", self.problems.join("; "))
+            }
+        )
+    }
+}
+
+fn percentiles(mut xs: Vec<f64>) -> Latency {
+    xs.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if xs.is_empty() {
+            0.0
+        } else {
+            xs[((xs.len() as f64 * q) as usize).min(xs.len() - 1)]
+        }
+    };
+    Latency {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        p999_ms: at(0.999),
+        samples: xs.len(),
+    }
+}
+
+/// CPU time of this process so far (user + system), from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based, whole line).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}
+
+/// Publishes with a bounded window of outstanding acks.
+struct Window {
+    acks: VecDeque<PublishAckFuture>,
+}
+
+impl Window {
+    async fn push(&mut self, ack: PublishAckFuture) -> anyhow::Result<()> {
+        self.acks.push_back(ack);
+        if self.acks.len() >= PUBLISH_WINDOW {
+            self.acks.pop_front().expect("non-empty").await?;
+        }
+        Ok(())
+    }
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while let Some(a) = self.acks.pop_front() {
+            a.await?;
+        }
+        Ok(())
+    }
+}
+
+/// One raw run: `n` messages, as fast as possible (`rate` None) or paced; returns the elapsed
+/// time until the last was consumed and acked, and per-message latencies at a fixed rate.
+async fn raw_run(
+    js: &jetstream::Context,
+    name: &str,
+    n: usize,
+    rate: Option<u32>,
+) -> anyhow::Result<(Duration, Vec<f64>)> {
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: vec![format!("bench.{name}")],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let origin = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(if rate.is_some() { n } else { 0 });
+            let mut msgs = consumer
+                .stream()
+                .max_messages_per_batch(256)
+                .messages()
+                .await?;
+            while let Some(m) = msgs.next().await {
+                let m = m?;
+                if rate.is_some() {
+                    let sent = u64::from_le_bytes(m.payload[..8].try_into().expect("8 bytes"));
+                    lat.push((origin.elapsed().as_nanos() as u64 - sent) as f64 / 1e6);
+                }
+                m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                if done.fetch_add(1, Ordering::Relaxed) + 1 == n as u64 {
+                    break;
+                }
+            }
+            anyhow::Ok((origin.elapsed(), lat))
+        })
+    };
+    let mut window = Window {
+        acks: VecDeque::new(),
+    };
+    let started = Instant::now();
+    let period = rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
+    for i in 0..n {
+        if let Some(p) = period {
+            let due = started + p * i as u32;
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let mut payload = vec![0u8; PAYLOAD_BYTES];
+        payload[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_le_bytes());
+        window
+            .push(
+                js.send_publish(
+                    format!("bench.{name}"),
+                    PublishMessage::build().payload(payload.into()),
+                )
+                .await?,
+            )
+            .await?;
+    }
+    window.drain().await?;
+    let (end, lat) = reader.await??;
+    Ok((end - (started - origin), lat))
+}
+
+fn payment(i: usize) -> PaymentRequest {
+    PaymentRequest {
+        payment_id: PaymentId::new_random(),
+        buyer_id: BuyerId::parse(&format!("bb-{}", i % 1000)).expect("token"),
+        merchant_id: MerchantId::parse(&format!("bm-{}", i % 50)).expect("token"),
+        amount: Amount::new(100 + (i % 1000) as i64).expect("amount"),
+        currency: Currency::parse("USD").expect("currency"),
+        metadata: Default::default(),
+    }
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await?
+        .context("a count")?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+/// Publishes payments (paced or not) and waits until the ledger applied them all.
+async fn paystream_run(
+    js: &jetstream::Context,
+    db: &sea_orm::DatabaseConnection,
+    payments: &[PaymentRequest],
+    rate: Option<u32>,
+    already: i64,
+) -> anyhow::Result<Duration> {
+    let mut window = Window {
+        acks: VecDeque::new(),
+    };
+    let started = Instant::now();
+    let period = rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
+    for (i, p) in payments.iter().enumerate() {
+        if let Some(period) = period {
+            tokio::time::sleep_until((started + period * i as u32).into()).await;
+        }
+        let msg = PublishMessage::build()
+            .payload(codec::to_msgpack(p).into())
+            .message_id(p.payment_id.to_string())
+            .header("Content-Type", codec::CONTENT_TYPE_MSGPACK);
+        window
+            .push(
+                js.send_publish(format!("payments.request.{}", p.buyer_id), msg)
+                    .await?,
+            )
+            .await?;
+    }
+    window.drain().await?;
+    let want = already + payments.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count(
+        db,
+        "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
+    )
+    .await?
+        < want
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "paystream did not apply {want} payments within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(started.elapsed())
+}
+
+pub async fn run(cfg: &Config, opts: BenchOptions) -> anyhow::Result<Report> {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("paystream-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_in(cfg, &opts, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(
+    cfg: &Config,
+    opts: &BenchOptions,
+    dir: &std::path::Path,
+) -> anyhow::Result<Report> {
+    let bin = nats_server::locate(cfg.nats_server_bin.as_deref()).await?;
+    let server = NatsServer::start(ServerOptions {
+        bin,
+        store_dir: dir.join("nats"),
+        port: 0,
+        sync_interval: opts.fsync_always.then(|| "always".to_owned()),
+        extra_conf: String::new(),
+    })
+    .await?;
+    let database_url = if opts.postgres {
+        let admin = cfg.database_url.clone().filter(|u| u.starts_with("postgres")).context("--db postgres: set DATABASE_URL to a PostgreSQL server (a fresh database is created on it)")?;
+        let name = format!("paystream_bench_{}", uuid::Uuid::new_v4().simple());
+        let conn = sea_orm::Database::connect(admin.as_str()).await?;
+        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(b, _)| b)
+            .to_owned();
+        Some((admin, name.clone(), format!("{base}/{name}")))
+    } else {
+        None
+    };
+    let db_url = database_url
+        .as_ref()
+        .map(|(_, _, u)| u.clone())
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("bench.sqlite").display()));
+    let bench_cfg = Config {
+        nats_url: Some(server.url()),
+        database_url: Some(db_url),
+        data_dir: dir.to_path_buf(),
+        http_addr: "127.0.0.1:0".parse()?,
+        psp_url: None,
+        psp_sim_addr: "127.0.0.1:0".parse()?,
+        psp_sim_latency_ms: 0,
+        psp_sim_error_rate: 0.0,
+        psp_sim_timeout_rate: 0.0,
+        psp_sim_lost_response_rate: 0.0,
+        psp_sim_decline_rate: 0.0,
+        failpoints: None,
+        ..cfg.clone()
+    };
+    let js = nats::jetstream(nats::connect(&bench_cfg, "paystream-bench", false).await?);
+
+    let n = opts.payments.max(1);
+    let (raw_elapsed, _) = raw_run(&js, "RAW_SAT", n, None).await?;
+    let latency_n = (opts.rate as usize * 3).clamp(100, n.max(100));
+    let (_, raw_lat) = raw_run(&js, "RAW_RATE", latency_n, Some(opts.rate)).await?;
+
+    let app = app::start(
+        bench_cfg.clone(),
+        Parts {
+            payment: true,
+            wallet: true,
+            ledger: true,
+            psp_sim: true,
+            ..Parts::default()
+        },
+    )
+    .await?;
+    let db = app.db.clone().context("the app has a database")?;
+    let saturate: Vec<PaymentRequest> = (0..n).map(payment).collect();
+    let cpu0 = cpu_time();
+    let ps_elapsed = paystream_run(&js, &db, &saturate, None, 0).await?;
+    let cpu = cpu_time() - cpu0;
+    let paced: Vec<PaymentRequest> = (n..n + latency_n).map(payment).collect();
+    paystream_run(&js, &db, &paced, Some(opts.rate), n as i64).await?;
+    let ids: Vec<String> = paced
+        .iter()
+        .map(|p| format!("'{}'", p.payment_id))
+        .collect();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT a.applied_at_ms - p.requested_at_ms AS d FROM applied_events a JOIN payments p ON p.payment_id = a.payment_id \
+                 WHERE a.consumer = 'ledger' AND p.payment_id IN ({})",
+                ids.join(",")
+            ),
+        ))
+        .await?;
+    let ps_lat: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<i64>("", "d").ok())
+        .map(|d| d as f64)
+        .collect();
+
+    // Verification: every payment final and charged, money exact, ledger balanced.
+    let mut problems = Vec::new();
+    let total = (n + latency_n) as i64;
+    let succeeded = count(&db, "SELECT COUNT(*) FROM payments WHERE state = 'SUCCESS'").await?;
+    if succeeded != total {
+        problems.push(format!("{succeeded} of {total} payments SUCCESS"));
+    }
+    let expected: i64 = saturate
+        .iter()
+        .chain(&paced)
+        .map(|p| p.amount.minor())
+        .sum();
+    let wallet = count(
+        &db,
+        "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM wallet_balances",
+    )
+    .await?;
+    if wallet != expected {
+        problems.push(format!("wallets hold {wallet}, payments sum to {expected}"));
+    }
+    let check = crate::queries::ledger_check(&db).await?;
+    if !check.ok {
+        problems.push(format!("ledger check: {:?}", check.violations));
+    }
+    app.shutdown().await;
+    server.stop().await;
+    if let Some((admin, name, _)) = database_url {
+        let conn = sea_orm::Database::connect(admin.as_str()).await?;
+        let _ = conn
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+
+    let raw_rate = n as f64 / raw_elapsed.as_secs_f64();
+    let ps_rate = n as f64 / ps_elapsed.as_secs_f64();
+    Ok(Report {
+        raw: Raw {
+            msgs: n,
+            msgs_per_s: raw_rate,
+            latency_at_rate: percentiles(raw_lat),
+        },
+        paystream: Paystream {
+            payments: n,
+            payments_per_s: ps_rate,
+            cpu_ms_per_payment: cpu.as_secs_f64() * 1000.0 / n as f64,
+            latency_at_rate: percentiles(ps_lat),
+            db: if opts.postgres { "postgres" } else { "sqlite" },
+        },
+        ratio: ps_rate / raw_rate,
+        fsync: if opts.fsync_always {
+            "always"
+        } else {
+            "interval"
+        },
+        rate: opts.rate,
+        verified: problems.is_empty(),
+        problems,
+    })
+}
