@@ -52,6 +52,9 @@ pub enum Claim {
     /// Version n arrived before version n−1 of the same payment was applied here (a cancellation
     /// before its completion): requeue it, never apply it out of order.
     Early,
+    /// A different event with a version this consumer already applied: two facts claim the same
+    /// place in the payment's history. Never applied; dead-lettered for a person to look at.
+    Conflict,
 }
 
 /// Inside the caller's transaction: decides each event's `Claim` and records the fresh ones. A
@@ -104,6 +107,10 @@ pub async fn claim_fresh<C: sea_orm::ConnectionTrait>(
         let have = applied_version.entry(e.payment_id.to_string()).or_insert(0);
         if version > *have + 1 {
             claims[i] = Claim::Early;
+            continue;
+        }
+        if version <= *have {
+            claims[i] = Claim::Conflict;
             continue;
         }
         seen.insert(id.clone());
@@ -178,6 +185,19 @@ impl<A: ApplyEvents> EventHandler<A> {
         crate::failpoint::hit(A::FAILPOINT);
         let now = now_ms();
         for ((i, e), claim) in events.iter().map(|p| (&p.0, &p.1)).zip(applied) {
+            if claim == Claim::Conflict {
+                verdicts[*i] = Some(Verdict::Term {
+                    label: "event",
+                    reason: format!(
+                        "event: {} {} claims version {} of payment {}, already applied by another event",
+                        e.kind.as_str(),
+                        e.event_id,
+                        e.version,
+                        e.payment_id
+                    ),
+                });
+                continue;
+            }
             if claim == Claim::Early {
                 verdicts[*i] = Some(Verdict::Retry {
                     label: "out_of_order",
@@ -212,7 +232,7 @@ impl<A: ApplyEvents> Handler for EventHandler<A> {
         let refs: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).collect();
         match self.0.apply(&refs).await {
             Ok(applied) => self.applied(&all, applied, &mut verdicts),
-            Err(err) if events.len() > 1 => {
+            Err(err) if events.len() > 1 && !crate::db::is_transient(&err) => {
                 // One bad event must not hold back the batch: apply each in its own transaction,
                 // so only the failing ones are retried.
                 tracing::warn!(consumer = A::CONSUMER, error = %err, "batch failed; applying its events one by one");

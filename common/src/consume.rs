@@ -195,18 +195,46 @@ async fn handle_batch<H: Handler>(cfg: &LoopConfig, handler: &H, batch: &[Messag
     );
     histogram!(names::CONSUMER_BATCH_DURATION, "consumer" => cfg.name)
         .record(started.elapsed().as_secs_f64());
+    let mut failed = Vec::new();
     for (msg, verdict) in batch.iter().zip(verdicts) {
-        settle(cfg, msg, verdict).await;
+        failed.extend(settle(cfg, msg, verdict).await);
     }
+    // Recorded after every NAK went out, and bounded: a slow or unreachable database must not hold
+    // the loop (the messages are already on their way back).
+    if let (Some(db), false) = (&cfg.failures, failed.is_empty()) {
+        let record = async {
+            for f in &failed {
+                crate::failures::record(db, cfg.name, &f.stream, f.seq, f.delivered, &f.error)
+                    .await?;
+            }
+            Ok::<(), sea_orm::DbErr>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), record).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(consumer = cfg.name, error = %e, "could not record failed attempts")
+            }
+            Err(_) => tracing::warn!(consumer = cfg.name, "recording failed attempts timed out"),
+        }
+    }
+}
+
+/// A NAKed delivery, to be recorded as the message's last error.
+struct Failed {
+    stream: String,
+    seq: u64,
+    delivered: i64,
+    error: String,
 }
 
 /// Acks, NAKs with the backoff delay, or terminates with a reason. A failed ack is only logged:
 /// the message comes back and the handler recognises it as a duplicate.
-async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) {
+async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) -> Option<Failed> {
     let (seq, delivered) = msg
         .info()
         .map(|i| (i.stream_sequence, i.delivered))
         .unwrap_or((0, 1));
+    let mut failed = None;
     let result = match verdict {
         Verdict::Ack => {
             counter!(names::CONSUMER_MESSAGES, "consumer" => cfg.name, "verdict" => "ack")
@@ -221,14 +249,13 @@ async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) {
             counter!(names::CONSUMER_RETRIES, "consumer" => cfg.name, "reason" => label)
                 .increment(1);
             tracing::warn!(consumer = cfg.name, stream_seq = seq, delivered, retry_in = ?step, error = %bounded(&error, 512), "retrying");
-            if let Some(db) = &cfg.failures {
-                let stream = msg.info().map(|i| i.stream.to_owned()).unwrap_or_default();
-                if let Err(e) =
-                    crate::failures::record(db, cfg.name, &stream, seq, delivered, &error).await
-                {
-                    tracing::warn!(consumer = cfg.name, stream_seq = seq, error = %e, "could not record the failed attempt");
-                }
-            }
+            let stream = msg.info().map(|i| i.stream.to_owned()).unwrap_or_default();
+            failed = Some(Failed {
+                stream,
+                seq,
+                delivered,
+                error,
+            });
             msg.ack_with(AckKind::Nak(Some(delay))).await
         }
         Verdict::Term { label, reason } => {
@@ -244,6 +271,7 @@ async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) {
     if let Err(e) = result {
         tracing::warn!(consumer = cfg.name, stream_seq = seq, error = %e, "ack failed; the message will be redelivered");
     }
+    failed
 }
 
 /// The NAK delay that makes the server redeliver after the configured backoff step. Measured on

@@ -65,7 +65,7 @@ fn retry_all(n: usize, label: &'static str, error: &impl std::fmt::Display) -> V
 }
 
 async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[Requested]) -> Vec<Verdict> {
-    let plans = match store::begin_execution(&ctx.db, leaders).await {
+    let plans = match store::begin_execution(&ctx.db, leaders, ctx.execution_lease).await {
         Ok(p) => p,
         Err(e) => return retry_all(leaders.len(), "database", &e),
     };
@@ -117,7 +117,12 @@ async fn execute<P: Psp>(ctx: &Intake<P>, leaders: &[Requested]) -> Vec<Verdict>
                 let change = if change.trigger == Trigger::Indeterminate {
                     tracing::warn!(payment_id = %req.payment_id, buyer_id = %req.buyer_id, error = ?change.last_error, "PSP outcome unknown; the sweeper will resolve it");
                     Change {
-                        retry_at_ms: Some(now_ms()),
+                        // The PSP may still be working on the call we gave up on.
+                        retry_at_ms: Some(
+                            now_ms()
+                                + i64::try_from(ctx.execution_lease.as_millis())
+                                    .unwrap_or(i64::MAX),
+                        ),
                         ..change
                     }
                 } else {

@@ -23,6 +23,9 @@ pub struct Intake<P: Psp> {
     pub psp_concurrency: usize,
     /// Wakes the outbox relay once events are committed.
     pub outbox: Arc<Notify>,
+    /// How long a batch's PSP calls can take at most: the sweeper keeps off a payment that long
+    /// after its EXECUTING is written, and after an unknown outcome.
+    pub execution_lease: std::time::Duration,
 }
 
 /// The stream sequence and the time JetStream stored the message (unix ms).

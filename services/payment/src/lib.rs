@@ -31,6 +31,11 @@ use tokio::task::JoinSet;
 
 pub const CONSUMER: &str = "payment";
 
+/// Rounds of PSP calls that `n` payments take at the configured concurrency.
+fn rounds_of(n: usize, concurrency: u16) -> u32 {
+    u32::try_from(n.div_ceil(usize::from(concurrency.max(1)))).unwrap_or(u32::MAX)
+}
+
 /// Starts the payment service's tasks into `tasks`; they run until `shutdown`.
 pub async fn start<P: psp::Psp>(
     cfg: &Config,
@@ -42,12 +47,15 @@ pub async fn start<P: psp::Psp>(
     tasks: &mut JoinSet<()>,
 ) -> Result<(), TopologyError> {
     let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
+    let rounds = |n: usize| rounds_of(n, cfg.psp_concurrency);
     let wake = Arc::new(Notify::new());
     let intake = intake::Intake {
         db: db.clone(),
         psp: psp.clone(),
         psp_concurrency: usize::from(cfg.psp_concurrency),
         outbox: wake.clone(),
+        execution_lease: (cfg.psp_timeout + cfg.psp_connect_timeout)
+            * rounds(usize::from(cfg.batch_max)),
     };
     let loop_cfg = LoopConfig {
         name: CONSUMER,
@@ -69,7 +77,9 @@ pub async fn start<P: psp::Psp>(
         executing_timeout: cfg.executing_timeout,
         attempts_max: cfg.sweep_max_attempts,
         psp_concurrency: usize::from(cfg.psp_concurrency),
-        lease: cfg.psp_timeout * 3 + cfg.psp_connect_timeout * 2,
+        // One sweep: up to 256 payments, each a lookup and maybe a charge.
+        lease: (cfg.psp_timeout * 2 + cfg.psp_connect_timeout * 2) * rounds(256)
+            + cfg.sweep_interval,
     };
     tasks.spawn(sweeper::run(
         db.clone(),

@@ -137,9 +137,14 @@ impl HttpPsp {
             },
             Ok(resp) => {
                 let status = resp.status();
-                if status.as_u16() == 401 || status.as_u16() == 403 {
+                let wrong_endpoint = op == "charge" && matches!(status.as_u16(), 404 | 405);
+                if matches!(status.as_u16(), 401 | 403) || wrong_endpoint {
+                    // Our credentials or our URL are wrong: not the payment's fault. (A refund's
+                    // 404 is an answer: the PSP has no charge to refund.)
                     PspOutcome::ConfigError {
-                        error: format!("PSP answered {status}: check PAYSTREAM_PSP_API_KEY"),
+                        error: format!(
+                            "PSP answered {status}: check PAYSTREAM_PSP_URL and PAYSTREAM_PSP_API_KEY"
+                        ),
                     }
                 } else if status.is_success() {
                     match resp.json::<Answer>().await {
@@ -159,10 +164,7 @@ impl HttpPsp {
                             error: describe(&e),
                         },
                     }
-                } else if status.is_client_error()
-                    && status.as_u16() != 409
-                    && status.as_u16() != 429
-                {
+                } else if status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 429) {
                     // The PSP refused the request itself (bad request, unknown payment): nothing moved.
                     let text = resp.text().await.unwrap_or_default();
                     PspOutcome::Declined {

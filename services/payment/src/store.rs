@@ -99,10 +99,13 @@ pub struct Requested {
 pub async fn begin_execution(
     db: &DatabaseConnection,
     reqs: &[Requested],
+    lease: std::time::Duration,
 ) -> Result<Vec<Plan>, StoreError> {
     let txn = begin_write(db).await?;
     let existing = load_locked(&txn, reqs.iter().map(|r| r.req.payment_id.to_string())).await?;
     let now = now_ms();
+    // Until the batch's PSP calls are surely over, the sweeper keeps off these payments.
+    let lease_until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let mut new_rows = Vec::new();
     let mut hist = Vec::new();
     let mut plans = Vec::with_capacity(reqs.len());
@@ -131,7 +134,7 @@ pub async fn begin_execution(
                 decline_code: Set(None),
                 last_error: Set(None),
                 next_attempt_at_ms: Set(None),
-                lease_until_ms: Set(None),
+                lease_until_ms: Set(Some(lease_until)),
                 created_at_ms: Set(now),
                 updated_at_ms: Set(now),
             });
@@ -163,6 +166,7 @@ pub async fn begin_execution(
                     .col_expr(payment::Column::State, Expr::value(to.as_str()))
                     .col_expr(payment::Column::Attempts, Expr::value(attempt))
                     .col_expr(payment::Column::UpdatedAtMs, Expr::value(now))
+                    .col_expr(payment::Column::LeaseUntilMs, Expr::value(lease_until))
                     .filter(payment::Column::PaymentId.eq(id.as_str()))
                     .exec(&txn)
                     .await?;
@@ -440,12 +444,12 @@ pub async fn mark_published(db: &DatabaseConnection, acked: &[(i64, u64)]) -> Re
 }
 
 /// Payments the sweeper should look at now: EXECUTING for longer than `executing_before_ms`
-/// allows (a crash mid-call), or UNKNOWN and due, not leased by another sweeper, attempts left.
+/// allows (a crash mid-call), or UNKNOWN and due, and not leased (by a sweeper, or by the intake
+/// whose PSP call may still be under way).
 pub async fn sweep_candidates(
     db: &DatabaseConnection,
     now: i64,
     executing_before_ms: i64,
-    attempts_max: i32,
     limit: u64,
 ) -> Result<Vec<payment::Model>, DbErr> {
     use sea_orm::Condition;
@@ -466,7 +470,6 @@ pub async fn sweep_candidates(
                 .add(payment::Column::LeaseUntilMs.is_null())
                 .add(payment::Column::LeaseUntilMs.lt(now)),
         )
-        .filter(payment::Column::Attempts.lt(attempts_max))
         .order_by_asc(payment::Column::UpdatedAtMs)
         .limit(limit)
         .all(db)

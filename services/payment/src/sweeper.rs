@@ -3,8 +3,9 @@
 //! mid-call) and the UNKNOWN ones that are due, asks the PSP what it knows of each key and adopts
 //! the answer, or charges again with the same key when the PSP never saw it. Attempts are bounded
 //! (`PAYSTREAM_SWEEP_MAX_ATTEMPTS`) with exponential backoff; what stays unresolved is counted in
-//! `paystream_sweeper_exhausted` and left for reconciliation. A lease keeps two sweepers off the
-//! same payment.
+//! `paystream_sweeper_exhausted` (an alert) and retried only every 10 minutes from then on, for
+//! reconciliation or a person to settle; it is never dropped. A lease keeps two sweepers, and a
+//! sweeper and the intake, off the same payment.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,9 +90,7 @@ pub async fn sweep<P: Psp>(
 ) -> Result<usize, store::StoreError> {
     let now = now_ms();
     let timeout_ms = i64::try_from(cfg.executing_timeout.as_millis()).unwrap_or(i64::MAX);
-    let candidates =
-        store::sweep_candidates(db, now, now - timeout_ms, cfg.attempts_max, SWEEP_BATCH_MAX)
-            .await?;
+    let candidates = store::sweep_candidates(db, now, now - timeout_ms, SWEEP_BATCH_MAX).await?;
     if candidates.is_empty() {
         return Ok(0);
     }
@@ -128,7 +127,13 @@ pub async fn sweep<P: Psp>(
                 };
                 counter!(names::SWEEPER_ATTEMPTS, "outcome" => label).increment(1);
                 let retry_at_ms = (change.trigger == Trigger::Indeterminate).then(|| {
-                    let delay = retry_delay(cfg.interval, row.attempts + 1);
+                    // Past the bound, the payment is not abandoned: it moves to a slow lane
+                    // (every 10 minutes) and `paystream_sweeper_exhausted` alerts.
+                    let delay = if row.attempts + 1 >= cfg.attempts_max {
+                        RETRY_DELAY_MAX
+                    } else {
+                        retry_delay(cfg.interval, row.attempts + 1)
+                    };
                     now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
                 });
                 changes.push(Change {

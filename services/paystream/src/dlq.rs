@@ -261,16 +261,23 @@ pub async fn redrive(
     let dlq = js.get_stream(DEAD_LETTERS).await.map_err(nats_err)?;
     let mut n = 0;
     for id in select(js, db, sel).await? {
-        let Some((e, Some(orig))) = entry(js, Some(db), id).await? else {
-            audit::record(
-                db,
-                actor,
-                "dlq.redrive",
-                &format!("{DEAD_LETTERS}/{id}"),
-                "not found",
-            )
-            .await?;
-            return Err(DlqError::NotFound(id));
+        let target = format!("{DEAD_LETTERS}/{id}");
+        let (e, orig) = match entry(js, Some(db), id).await? {
+            Some((e, Some(orig))) => (e, orig),
+            Some((e, None)) => {
+                // The original aged out of its stream: nothing to republish. Reported, kept.
+                let why = format!(
+                    "not redriven: {}/{} is no longer in its stream",
+                    e.stream, e.stream_seq
+                );
+                audit::record(db, actor, "dlq.redrive", &target, &why).await?;
+                tracing::warn!(dead_letter = id, "{why}");
+                continue;
+            }
+            None => {
+                audit::record(db, actor, "dlq.redrive", &target, "not found").await?;
+                return Err(DlqError::NotFound(id));
+            }
         };
         let mut headers = HeaderMap::new();
         for (k, vs) in orig.headers.iter() {
@@ -296,18 +303,19 @@ pub async fn redrive(
             .map_err(nats_err)?
             .await
             .map_err(nats_err)?;
-        dlq.delete_message(id).await.map_err(nats_err)?;
+        // Audited before the entry goes, so no redrive is ever unrecorded.
         audit::record(
             db,
             actor,
             "dlq.redrive",
             &format!(
-                "{DEAD_LETTERS}/{id} ({}/{} for {})",
+                "{target} ({}/{} for {})",
                 e.stream, e.stream_seq, e.consumer
             ),
             &format!("republished as {}/{}", ack.stream, ack.sequence),
         )
         .await?;
+        dlq.delete_message(id).await.map_err(nats_err)?;
         tracing::info!(dead_letter = id, stream = %e.stream, stream_seq = e.stream_seq, new_seq = ack.sequence, actor, "dead letter redriven");
         n += 1;
     }
@@ -327,7 +335,6 @@ pub async fn purge(
         let Some((e, _)) = entry(js, Some(db), id).await? else {
             return Err(DlqError::NotFound(id));
         };
-        dlq.delete_message(id).await.map_err(nats_err)?;
         audit::record(
             db,
             actor,
@@ -343,6 +350,7 @@ pub async fn purge(
             ),
         )
         .await?;
+        dlq.delete_message(id).await.map_err(nats_err)?;
         n += 1;
     }
     Ok(n)

@@ -26,6 +26,7 @@ async fn fault_storm(backend: Backend) {
         "--psp-sim-seed=20261125",
         "--psp-sim-hang=2s",
         "--psp-timeout=300ms",
+        "--psp-connect-timeout=200ms",
         "--executing-timeout=1s",
         "--sweep-interval=200ms",
         "--sweep-max-attempts=100",

@@ -30,9 +30,11 @@ async fn claims_are_exclusive(backend: Backend) {
             published_ms: 0,
         })
         .collect();
-    store::begin_execution(&conn, &reqs).await.unwrap();
+    store::begin_execution(&conn, &reqs, std::time::Duration::ZERO)
+        .await
+        .unwrap();
     let ids: Vec<String> = reqs.iter().map(|r| r.req.payment_id.to_string()).collect();
-    let now = paystream_common::time::now_ms();
+    let now = paystream_common::time::now_ms() + 1;
     let (a, b) = tokio::join!(
         store::claim(&conn, &ids, now, now + 60_000),
         store::claim(&conn, &ids, now, now + 60_000)
