@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 /// Largest payload accepted on any paystream subject (DESIGN § Security).
 pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 
+/// Deepest nesting a MessagePack payload may have (JSON has serde_json's own limit of 128).
+pub const NESTING_DEPTH_MAX: usize = 32;
+
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 
@@ -74,10 +77,16 @@ pub fn decode<T: DeserializeOwned>(format: Format, payload: &[u8]) -> Result<T, 
             format: "JSON",
             detail: crate::text::bounded(&e.to_string(), 200),
         }),
-        Format::MsgPack => rmp_serde::from_slice(payload).map_err(|e| CodecError::Syntax {
-            format: "MessagePack",
-            detail: crate::text::bounded(&e.to_string(), 200),
-        }),
+        Format::MsgPack => {
+            // rmp-serde's default depth (1024) lets 60 KB of nested arrays overflow the stack:
+            // paystream's payloads are three levels deep at most.
+            let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+            de.set_max_depth(NESTING_DEPTH_MAX);
+            T::deserialize(&mut de).map_err(|e| CodecError::Syntax {
+                format: "MessagePack",
+                detail: crate::text::bounded(&e.to_string(), 200),
+            })
+        }
     }
 }
 

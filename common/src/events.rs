@@ -94,11 +94,23 @@ impl PaymentEvent {
     pub fn decode(content_type: Option<&str>, payload: &[u8]) -> Result<Self, CodecError> {
         let format = codec::detect(content_type, payload)?;
         let event: Self = codec::decode(format, payload)?;
+        let bad = |detail: &str| CodecError::Syntax {
+            format: format.as_str(),
+            detail: detail.into(),
+        };
+        let in_range = |v: i64| {
+            (-crate::money::AMOUNT_MINOR_MAX..=crate::money::AMOUNT_MINOR_MAX).contains(&v)
+        };
         if event.kind == EventKind::Adjusted && event.delta_minor.is_none() {
-            return Err(CodecError::Syntax {
-                format: format.as_str(),
-                detail: "adjusted event without delta_minor".into(),
-            });
+            return Err(bad("adjusted event without delta_minor"));
+        }
+        if !(1..=crate::money::AMOUNT_MINOR_MAX).contains(&event.amount)
+            || !event.delta_minor.is_none_or(in_range)
+        {
+            return Err(bad("amount or delta_minor out of range"));
+        }
+        if event.version == 0 {
+            return Err(bad("version must be ≥ 1"));
         }
         Ok(event)
     }
@@ -136,5 +148,15 @@ mod tests {
         assert_eq!(PaymentEvent::decode(None, &json).unwrap(), e);
         assert_eq!(e.merchant_delta_minor(), 1234);
         assert!(PaymentEvent::decode(None, b"\x81\xa1a\x01").is_err());
+        let overflow = PaymentEvent {
+            amount: i64::MIN,
+            ..e.clone()
+        };
+        assert!(
+            PaymentEvent::decode(None, &overflow.encode()).is_err(),
+            "no arithmetic on forged amounts"
+        );
+        let v0 = PaymentEvent { version: 0, ..e };
+        assert!(PaymentEvent::decode(None, &v0.encode()).is_err());
     }
 }

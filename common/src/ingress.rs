@@ -316,6 +316,15 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let mut mp = vec![0x91u8; 60_000]; // 60,000 nested one-element arrays, under the size bound
+        mp.push(0x01);
+        assert!(decode_command("payments.request.b-1", Some("application/msgpack"), &mp).is_err());
+        let json = format!("{{\"a\":{}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(decode_command("payments.request.b-1", None, json.as_bytes()).is_err());
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {

@@ -71,9 +71,22 @@ impl App {
     }
 
     /// Runs until SIGINT/SIGTERM, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
-        shutdown::signal().await;
+    /// Runs until SIGINT/SIGTERM, then shuts down gracefully. A task that ends on its own (a bug
+    /// that panicked a consumer, say) is not left silently dead: the process shuts down and
+    /// reports it, so its supervisor restarts it and the messages are redelivered.
+    pub async fn run_until_signal(mut self) -> Result<(), String> {
+        let failure = tokio::select! {
+            () = shutdown::signal() => None,
+            ended = self.tasks.join_next() => Some(match ended {
+                Some(Err(e)) if e.is_panic() => format!("a task panicked: {e}"),
+                _ => "a task stopped unexpectedly".to_owned(),
+            }),
+        };
+        if let Some(f) = &failure {
+            tracing::error!(failure = %f, "shutting down");
+        }
         self.shutdown().await;
+        failure.map_or(Ok(()), Err)
     }
 
     pub fn shutdown_signal(&self) -> Shutdown {
@@ -214,9 +227,29 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     let streams_ready = readiness.component("streams");
     let client = nats::connect(&cfg, "paystream", true).await?;
     let js = nats::jetstream(client.clone());
-    streams::ensure_streams(&js, &cfg)
-        .await
-        .context("creating streams")?;
+    // NATS may still be starting (or be down): wait for it, as for the database. A definition
+    // the server refuses is not worth waiting for.
+    let mut delay = Duration::from_millis(200);
+    let mut stop = shutdown.clone();
+    loop {
+        match streams::ensure_streams(&js, &cfg).await {
+            Ok(()) => break,
+            Err(
+                e @ (streams::TopologyError::Definition { .. }
+                | streams::TopologyError::RetryPolicy { .. }),
+            ) => {
+                return Err(anyhow::Error::new(e).context("creating streams"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, "streams not ready (is NATS up?); retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {},
+                    () = stop.wait() => anyhow::bail!("shut down while waiting for NATS"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
     streams_ready.store(true, Ordering::Relaxed);
 
     if parts.payment {

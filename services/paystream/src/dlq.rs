@@ -208,14 +208,12 @@ fn header_map(h: &HeaderMap) -> BTreeMap<String, Vec<String>> {
 }
 
 fn decode_payload(h: &HeaderMap, payload: &[u8]) -> serde_json::Value {
-    use paystream_common::codec::{self, Format};
+    use paystream_common::codec;
     let ct = h.get("Content-Type").map(|v| v.as_str());
-    match codec::detect(ct, payload) {
-        Ok(Format::Json) => serde_json::from_slice(payload).ok(),
-        Ok(Format::MsgPack) => rmp_serde::from_slice(payload).ok(),
-        Err(_) => None,
-    }
-    .unwrap_or_else(|| serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()))
+    codec::detect(ct, payload)
+        .ok()
+        .and_then(|format| codec::decode::<serde_json::Value>(format, payload).ok())
+        .unwrap_or_else(|| serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
 /// The subject to republish on: the stored form without its partition token

@@ -50,7 +50,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up => {
             let app = app::start(cfg, Parts::all()).await?;
             tracing::info!(nats = ?app.nats_url, psp = ?app.psp_url, http = %app.http_addr, "paystream is up");
-            app.run_until_signal().await;
+            app.run_until_signal().await.map_err(anyhow::Error::msg)?;
         }
         Command::Serve { service } => {
             let parts = Parts {
@@ -60,7 +60,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dlq: service == Service::Dlq,
                 ..Parts::default()
             };
-            app::start(cfg, parts).await?.run_until_signal().await;
+            app::start(cfg, parts)
+                .await?
+                .run_until_signal()
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
         Command::PspSim => {
             let parts = Parts {
@@ -73,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let app = app::start(cfg, parts).await?;
             tracing::info!(psp = ?app.psp_url, "PSP simulator is up");
-            app.run_until_signal().await;
+            app.run_until_signal().await.map_err(anyhow::Error::msg)?;
         }
         Command::Migrate => {
             let (_trigger, stop) = paystream_common::shutdown::channel();
