@@ -60,6 +60,9 @@ pub struct DeadLetter {
     pub at: String,
     /// `terminated` or `max_deliveries`.
     pub kind: String,
+    /// Further DEAD_LETTERS entries for the same message at the same consumer (a server restart
+    /// can repeat an advisory). Listed once; redrive and purge take them all.
+    pub duplicates: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +131,7 @@ async fn entry(
         deliveries: a.deliveries,
         reason,
         at: a.timestamp.unwrap_or_default(),
+        duplicates: Vec::new(),
         kind: if terminated {
             "terminated"
         } else {
@@ -155,11 +159,19 @@ pub async fn list(
     if info.state.messages == 0 {
         return Ok(out);
     }
+    let mut first: std::collections::HashMap<(String, u64, String), usize> = Default::default();
     for id in info.state.first_sequence..=info.state.last_sequence {
         if let Some((e, _)) = entry(js, db, id).await?
             && consumer.is_none_or(|c| c == e.consumer)
         {
-            out.push(e);
+            let key = (e.stream.clone(), e.stream_seq, e.consumer.clone());
+            match first.get(&key) {
+                Some(&at) => out[at].duplicates.push(id),
+                None => {
+                    first.insert(key, out.len());
+                    out.push(e);
+                }
+            }
         }
     }
     Ok(out)
@@ -313,7 +325,9 @@ pub async fn redrive(
             &format!("republished as {}/{}", ack.stream, ack.sequence),
         )
         .await?;
-        dlq.delete_message(id).await.map_err(nats_err)?;
+        for dup in std::iter::once(id).chain(duplicates_of(js, db, &e).await?) {
+            dlq.delete_message(dup).await.map_err(nats_err)?;
+        }
         tracing::info!(dead_letter = id, stream = %e.stream, stream_seq = e.stream_seq, new_seq = ack.sequence, actor, "dead letter redriven");
         n += 1;
     }
@@ -348,10 +362,27 @@ pub async fn purge(
             ),
         )
         .await?;
-        dlq.delete_message(id).await.map_err(nats_err)?;
+        for dup in std::iter::once(id).chain(duplicates_of(js, db, &e).await?) {
+            dlq.delete_message(dup).await.map_err(nats_err)?;
+        }
         n += 1;
     }
     Ok(n)
+}
+
+/// Other entries for the same message at the same consumer as `e`.
+async fn duplicates_of(
+    js: &jetstream::Context,
+    db: &DatabaseConnection,
+    e: &DeadLetter,
+) -> Result<Vec<u64>, DlqError> {
+    Ok(list(js, Some(db), Some(&e.consumer))
+        .await?
+        .into_iter()
+        .filter(|x| x.stream == e.stream && x.stream_seq == e.stream_seq)
+        .flat_map(|x| std::iter::once(x.id).chain(x.duplicates))
+        .filter(|id| *id != e.id)
+        .collect())
 }
 
 pub fn list_table(entries: &[DeadLetter]) -> String {
