@@ -161,10 +161,11 @@ async fn poisoned_merchant(backend: Backend) {
     }
     for gaps in &delays {
         assert_eq!(gaps.len(), BACKOFF_MS.len());
-        // Never earlier than the schedule; later only by scheduling on a loaded machine.
+        // Never earlier than the schedule; later only by the time the redelivery waits behind
+        // other batches on a loaded machine (seen up to +3 s in CI).
         for (gap, want) in gaps.iter().zip(BACKOFF_MS) {
             assert!(
-                *gap >= want - 50 && *gap <= want + 3_000,
+                *gap >= want - 50 && *gap <= want + 10_000,
                 "retry gaps {gaps:?} follow {BACKOFF_MS:?}"
             );
         }

@@ -16,3 +16,4 @@ mod nats_restart;
 mod ordering;
 mod sweeper;
 mod topology;
+mod up;
