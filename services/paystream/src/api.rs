@@ -218,6 +218,21 @@ pub async fn start(
             }
         },
     ));
+    let d = db.clone();
+    tasks.spawn(serve(
+        root.endpoint("audit").await?,
+        shutdown.clone(),
+        move |_| {
+            let d = d.clone();
+            async move {
+                let trail = crate::audit::list(&d, 1000).await.map_err(|e| ApiError {
+                    code: 500,
+                    status: e.to_string(),
+                })?;
+                json(&trail)
+            }
+        },
+    ));
     let (d, j) = (db, js);
     tasks.spawn(serve(
         dlq_group.endpoint("purge").await?,

@@ -52,3 +52,50 @@ pub async fn count(db: &DatabaseConnection, action: &str) -> Result<u64, DbErr> 
         .count(db)
         .await
 }
+
+/// One audit row as `paystream audit --json` prints it.
+#[derive(Debug, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+}
+
+/// The trail, oldest first (at most `limit` newest rows).
+pub async fn list(db: &DatabaseConnection, limit: u64) -> Result<Vec<AuditEntry>, DbErr> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let mut rows = entry::Entity::find()
+        .order_by_desc(entry::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.reverse();
+    Ok(rows
+        .into_iter()
+        .map(|r| AuditEntry {
+            at: paystream_common::time::rfc3339_ms(r.at_ms),
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            result: r.result,
+        })
+        .collect())
+}
+
+pub fn table(entries: &[AuditEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.result.clone(),
+            ]
+        })
+        .collect();
+    crate::output::table(&["AT", "ACTOR", "ACTION", "TARGET", "RESULT"], &rows)
+}

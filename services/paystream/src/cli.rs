@@ -95,6 +95,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit trail of operator actions (who, when, what, result), oldest first.
+    Audit {
+        /// Show at most this many of the newest entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead letters: inspect, redrive, purge.
     Dlq {
         #[command(subcommand)]

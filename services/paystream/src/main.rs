@@ -154,6 +154,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Dlq { command } => return run_dlq(&cfg, command).await,
+        Command::Audit { limit, json } => {
+            let conn = db::connect(&cfg.database_url()).await?;
+            let entries = paystream::audit::list(&conn, limit).await?;
+            emit(json, &entries, || paystream::audit::table(&entries));
+        }
         Command::Bench {
             payments,
             rate,

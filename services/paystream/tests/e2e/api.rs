@@ -137,5 +137,11 @@ async fn service_api() {
         1,
         "purge audited"
     );
+    let trail = answer(&ask(&client, "paystream.audit", json!({})).await);
+    assert_eq!(trail[0]["action"], "dlq.purge");
+    assert_eq!(trail[0]["actor"], "nats");
+    for key in ["at", "actor", "action", "target", "result"] {
+        assert!(trail[0].get(key).is_some(), "audit entry has {key}");
+    }
     env.shutdown().await;
 }

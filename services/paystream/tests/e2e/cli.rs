@@ -128,6 +128,12 @@ async fn cli_json_contract() {
     );
     assert_eq!(code, 2, "bad amount is a usage error: {err}");
     assert!(err.contains("amount"), "{err}");
+    let (code, out, _) = paystream(&env, &["audit", "--json"]);
+    assert_eq!(
+        (code, json(&out)),
+        (0, serde_json::json!([])),
+        "no operator action yet"
+    );
     let (code, _, _) = paystream(&env, &["status"]);
     assert_eq!(code, 2, "missing argument: usage");
     dashboards_use_exported_metrics(&env.metrics().await);
