@@ -275,13 +275,7 @@ pub async fn start<A: ApplyEvents>(
     tasks: &mut JoinSet<()>,
 ) -> Result<(), TopologyError> {
     let consumer = streams::ensure_consumer(js, cfg, A::CONSUMER).await?;
-    let loop_cfg = LoopConfig {
-        name: A::CONSUMER,
-        batch_max: usize::from(cfg.batch_max),
-        backoff: cfg.backoff.clone(),
-        progress_every: streams::progress_interval(cfg),
-        failures: Some(db),
-    };
+    let loop_cfg = LoopConfig::new(A::CONSUMER, cfg, Some(db));
     let ready: Arc<AtomicBool> = readiness.component(&format!("{} consumer", A::CONSUMER));
     tasks.spawn(consume::run(
         consumer,

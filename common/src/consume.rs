@@ -49,6 +49,23 @@ pub struct LoopConfig {
     pub failures: Option<sea_orm::DatabaseConnection>,
 }
 
+impl LoopConfig {
+    /// The loop settings of durable consumer `name` under `cfg`.
+    pub fn new(
+        name: &'static str,
+        cfg: &crate::config::Config,
+        failures: Option<sea_orm::DatabaseConnection>,
+    ) -> Self {
+        Self {
+            name,
+            batch_max: usize::from(cfg.batch_max),
+            backoff: cfg.backoff.clone(),
+            progress_every: crate::streams::progress_interval(cfg),
+            failures,
+        }
+    }
+}
+
 /// Runs until shutdown. Errors of the message stream (NATS restarting, a missed heartbeat) are
 /// logged and the pull is re-established; the loop itself never exits on them.
 pub async fn run<H: Handler>(

@@ -57,13 +57,7 @@ pub async fn start<P: psp::Psp>(
         execution_lease: (cfg.psp_timeout + cfg.psp_connect_timeout)
             * rounds(usize::from(cfg.batch_max)),
     };
-    let loop_cfg = LoopConfig {
-        name: CONSUMER,
-        batch_max: usize::from(cfg.batch_max),
-        backoff: cfg.backoff.clone(),
-        progress_every: streams::progress_interval(cfg),
-        failures: Some(db.clone()),
-    };
+    let loop_cfg = LoopConfig::new(CONSUMER, cfg, Some(db.clone()));
     let ready = readiness.component("payment consumer");
     tasks.spawn(consume::run(
         consumer,

@@ -58,13 +58,7 @@ pub async fn start(
     tasks: &mut JoinSet<()>,
 ) -> Result<(), TopologyError> {
     let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
-    let loop_cfg = LoopConfig {
-        name: CONSUMER,
-        batch_max: usize::from(cfg.batch_max),
-        backoff: cfg.backoff.clone(),
-        progress_every: streams::progress_interval(cfg),
-        failures: None,
-    };
+    let loop_cfg = LoopConfig::new(CONSUMER, cfg, None);
     let ready = readiness.component("dlq consumer");
     tasks.spawn(consume::run(
         consumer,

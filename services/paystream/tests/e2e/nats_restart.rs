@@ -5,38 +5,18 @@
 use std::time::{Duration, Instant};
 
 use paystream_common::nats;
-use paystream_testkit::{Backend, TestNats};
+use paystream_testkit::Backend;
 
 use crate::helpers::{
-    Env, assert_exactly_once, config, eventually, publish_all, requests, scalar, wait_settled,
+    Env, assert_exactly_once, eventually, publish_all, requests, scalar, wait_settled,
 };
 
 const PAYMENTS: usize = 1_000;
 
 async fn nats_restart(backend: Backend) {
-    let Some(db) = paystream_testkit::TestDb::new(backend).await else {
+    let Some(mut env) = Env::start_with(backend, &["--psp-sim-latency-ms=5"], true).await else {
         return;
     };
-    let nats = TestNats::start(true).await;
-    let data = tempfile::tempdir().unwrap();
-    let cfg = config(
-        &nats.url(),
-        &db.url,
-        data.path(),
-        &["--psp-sim-latency-ms=5"],
-    );
-    let app = paystream::app::start(cfg.clone(), paystream::app::Parts::all())
-        .await
-        .unwrap();
-    let mut env = Env {
-        nats,
-        db,
-        data,
-        app: Some(app),
-        cfg,
-    };
-    env.cfg.psp_url = env.app().psp_url.clone();
-    env.wait_ready().await;
 
     let published = requests(PAYMENTS, 30, 6, "r");
     let publisher = {
