@@ -27,8 +27,10 @@ pub fn init_tracing(default_level: &str) {
             "{default_level},sqlx=warn,sea_orm=warn,async_nats=warn"
         ))
     });
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
