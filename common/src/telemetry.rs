@@ -58,7 +58,14 @@ pub mod names {
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
     pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
+    pub const CONSUMER_LAG: &str = "paystream_consumer_lag";
+    pub const LEDGER_IMBALANCE: &str = "paystream_ledger_imbalance_minor";
+    pub const PAYMENTS_UNKNOWN_OLDEST: &str = "paystream_payments_unknown_oldest_seconds";
 }
+
+/// Services whose consumer lag is reported: the durable consumers they own are named after them
+/// (`wallet`, or `wallet-p3` once consumers are per partition).
+pub const LAG_SERVICES: [&str; 4] = ["payment", "wallet", "ledger", "dlq"];
 
 /// Consumers whose series are pre-registered.
 pub const CONSUMERS: [&str; 3] = ["payment", "wallet", "ledger"];
@@ -263,6 +270,23 @@ fn register_catalogue() {
     gauge!(DLQ_DEPTH).set(0.0);
     counter!(DLQ_REDRIVES).absolute(0);
     counter!(DLQ_PURGES).absolute(0);
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages a service's durable consumers have not finished: num_pending + num_ack_pending."
+    );
+    for service in LAG_SERVICES {
+        gauge!(CONSUMER_LAG, "consumer" => service).set(0.0);
+    }
+    describe_gauge!(
+        LEDGER_IMBALANCE,
+        "Σ debits − Σ credits of the ledger per currency (0 when balanced), from a periodic check."
+    );
+    describe_gauge!(
+        PAYMENTS_UNKNOWN_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest payment in UNKNOWN (0 when none)."
+    );
+    gauge!(PAYMENTS_UNKNOWN_OLDEST).set(0.0);
 }
 
 /// What `/readyz` waits for. Each component flips its flag; ready means all set.

@@ -11,7 +11,7 @@ use paystream_common::config::Config;
 use paystream_common::nats_server::{self, NatsServer, ServerOptions};
 use paystream_common::shutdown::{self, Shutdown, Trigger};
 use paystream_common::telemetry::{self, Readiness};
-use paystream_common::{apply, db, nats, streams};
+use paystream_common::{apply, db, health, lag, nats, streams};
 use paystream_migrations::{Migrator, MigratorTrait};
 use paystream_payment::psp::HttpPsp;
 use paystream_psp_sim::{Drift, SimConfig, Simulator};
@@ -226,6 +226,16 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
 
     let streams_ready = readiness.component("streams");
     let client = nats::connect(&cfg, "paystream", true).await?;
+    // From here on `/readyz` follows both connections at run time, not only at start-up.
+    let nats_ready = readiness.component("nats");
+    app.tasks.spawn(health::watch(
+        health::Watched {
+            nats: Some((client.clone(), nats_ready)),
+            database: Some((conn.clone(), db_ready)),
+        },
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let js = nats::jetstream(client.clone());
     // NATS may still be starting (or be down): wait for it, as for the database. A definition
     // the server refuses is not worth waiting for.
@@ -298,6 +308,37 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
             &mut app.tasks,
         )
         .await?;
+    }
+    if parts.ledger {
+        app.tasks.spawn(paystream_ledger::balance_watch::run(
+            conn.clone(),
+            cfg.ledger_check_interval,
+            shutdown.clone(),
+        ));
+    }
+    // Each service reports the lag of the durable consumers it owns.
+    for (on, stream, service) in [
+        (
+            parts.payment,
+            streams::PAYMENTS,
+            paystream_payment::CONSUMER,
+        ),
+        (
+            parts.wallet,
+            streams::PAYMENT_EVENTS,
+            paystream_wallet::CONSUMER,
+        ),
+        (
+            parts.ledger,
+            streams::PAYMENT_EVENTS,
+            paystream_ledger::CONSUMER,
+        ),
+        (parts.dlq, streams::DEAD_LETTERS, crate::dlq_watch::CONSUMER),
+    ] {
+        if on {
+            app.tasks
+                .spawn(lag::run(js.clone(), stream, service, shutdown.clone()));
+        }
     }
     if parts.dlq {
         crate::dlq_watch::start(
