@@ -57,7 +57,22 @@ pub struct App {
     pub readiness: Readiness,
     trigger: Trigger,
     tasks: JoinSet<()>,
+    /// The PSP simulator, stopped only after the services drained: their last PSP calls on
+    /// shutdown still get answers instead of becoming UNKNOWN.
+    sim: Option<SimTask>,
     nats_server: Option<NatsServer>,
+}
+
+struct SimTask {
+    stop: Trigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SimTask {
+    /// An `App` dropped without `shutdown` (start-up failed) leaves no simulator behind.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl App {
@@ -65,6 +80,10 @@ impl App {
     pub async fn shutdown(mut self) {
         self.trigger.fire();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(mut sim) = self.sim.take() {
+            sim.stop.fire();
+            let _ = (&mut sim.task).await;
+        }
         if let Some(server) = self.nats_server.take() {
             server.stop().await;
         }
@@ -75,11 +94,21 @@ impl App {
     /// that panicked a consumer, say) is not left silently dead: the process shuts down and
     /// reports it, so its supervisor restarts it and the messages are redelivered.
     pub async fn run_until_signal(mut self) -> Result<(), String> {
+        let sim_ended = async {
+            match self.sim.as_mut() {
+                Some(sim) => (&mut sim.task).await,
+                None => std::future::pending().await,
+            }
+        };
         let failure = tokio::select! {
             () = shutdown::signal() => None,
             ended = self.tasks.join_next() => Some(match ended {
                 Some(Err(e)) if e.is_panic() => format!("a task panicked: {e}"),
                 _ => "a task stopped unexpectedly".to_owned(),
+            }),
+            ended = sim_ended => Some(match ended {
+                Err(e) if e.is_panic() => format!("the PSP simulator panicked: {e}"),
+                _ => "the PSP simulator stopped unexpectedly".to_owned(),
             }),
         };
         if let Some(f) = &failure {
@@ -115,12 +144,10 @@ pub fn sim_config(cfg: &Config) -> SimConfig {
     }
 }
 
-/// Starts the simulator on `cfg.psp_sim_addr`; returns its base URL.
-async fn start_sim(
-    cfg: &Config,
-    shutdown: Shutdown,
-    tasks: &mut JoinSet<()>,
-) -> anyhow::Result<String> {
+/// Starts the simulator on `cfg.psp_sim_addr`; returns its base URL and its task, which runs
+/// until its own trigger fires.
+async fn start_sim(cfg: &Config) -> anyhow::Result<(String, SimTask)> {
+    let (stop, shutdown) = shutdown::channel();
     let sim = Simulator::open(sim_config(cfg))
         .await
         .context("opening the PSP simulator's store")?;
@@ -128,13 +155,13 @@ async fn start_sim(
         .await
         .with_context(|| format!("binding the PSP simulator to {}", cfg.psp_sim_addr))?;
     let addr = listener.local_addr()?;
-    tasks.spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = sim.serve(listener, shutdown.into_future()).await {
             tracing::error!(error = %e, "PSP simulator stopped");
         }
     });
     tracing::info!(%addr, "PSP simulator listening");
-    Ok(format!("http://{addr}"))
+    Ok((format!("http://{addr}"), SimTask { stop, task }))
 }
 
 /// Connects to the database, retrying until it answers or shutdown; then migrates.
@@ -201,8 +228,11 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     }
 
     let mut psp_url = cfg.psp_url.clone();
+    let mut sim = None;
     if psp_url.is_none() && parts.psp_sim {
-        psp_url = Some(start_sim(&cfg, shutdown.clone(), &mut tasks).await?);
+        let (url, task) = start_sim(&cfg).await?;
+        psp_url = Some(url);
+        sim = Some(task);
     }
 
     let mut app = App {
@@ -213,6 +243,7 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
         readiness: readiness.clone(),
         trigger,
         tasks,
+        sim,
         nats_server,
     };
     if !parts.any_service() {

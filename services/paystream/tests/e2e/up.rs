@@ -225,9 +225,15 @@ fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
 /// taken yet is completed by the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_sigterm_drains_in_flight_work() {
-    const PAYMENTS: usize = 400;
+    const PAYMENTS: usize = 600;
     let data = tempfile::tempdir().unwrap();
-    let slow_psp = [("PAYSTREAM_PSP_SIM_LATENCY_MS", "100")];
+    // A slow PSP keeps work in hand; short retry schedules let the next start finish quickly
+    // what the stop left to redelivery or to the sweeper.
+    let slow_psp = [
+        ("PAYSTREAM_PSP_SIM_LATENCY_MS", "200"),
+        ("PAYSTREAM_BACKOFF", "200ms,500ms,1s"),
+        ("PAYSTREAM_SWEEP_INTERVAL", "250ms"),
+    ];
     let up = spawn_up(data.path(), &slow_psp);
     let url_file = data.path().join("nats.url");
     eventually(Duration::from_secs(30), "up writes its NATS URL", || {
@@ -261,14 +267,22 @@ async fn up_sigterm_drains_in_flight_work() {
         "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL",
     )
     .await;
+    let unknown = scalar(&db, "SELECT COUNT(*) FROM payments WHERE state = 'UNKNOWN'").await;
     eprintln!(
-        "SIGTERM with {started} of {PAYMENTS} payments taken: {executing} EXECUTING, {unpublished} events unpublished"
+        "SIGTERM with {started} of {PAYMENTS} payments taken: {executing} EXECUTING, {unknown} \
+         UNKNOWN, {unpublished} events unpublished"
     );
     assert_eq!(executing, 0, "the batch in hand was finished\n{log}");
+    assert_eq!(
+        unknown, 0,
+        "the simulator outlives the services in `up`: their last PSP calls were answered\n{log}"
+    );
     assert_eq!(unpublished, 0, "every committed event was published\n{log}");
 
     let up = spawn_up(data.path(), &slow_psp);
+    let restarted = Instant::now();
     crate::helpers::wait_settled(&db, PAYMENTS as i64, Duration::from_secs(60)).await;
+    eprintln!("restarted: all settled in {:?}", restarted.elapsed());
     let check = paystream(data.path(), &["ledger", "check", "--json"]);
     assert!(check.status.success(), "ledger balances after the restart");
     let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
