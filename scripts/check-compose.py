@@ -157,6 +157,12 @@ def check(binary):
             problems.append(f"{name}: {svc['image']}: paystream needs nats-server 2.11 or newer")
         if env_dict(svc.get("environment")).get("SERVER_NAME") != name:
             problems.append(f"{name}: SERVER_NAME must be the service name")
+        cmd = as_list(svc.get("command"))
+        conf_mounts = [v for v in svc.get("volumes", []) if isinstance(v, str)
+                       and v.startswith("./deploy/nats/cluster.conf:")]
+        target = conf_mounts[0].split(":")[1] if conf_mounts else None
+        if cmd[:1] != ["nats-server"] or target is None or target not in cmd:
+            problems.append(f"{name}: must run nats-server with the mounted deploy/nats/cluster.conf")
     conf = (ROOT / "deploy/nats/cluster.conf").read_text(encoding="utf-8")
     routes = set(re.findall(r"nats-route://([a-z0-9-]+):6222", conf))
     if routes != set(nats):

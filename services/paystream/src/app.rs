@@ -247,6 +247,15 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
         nats_server,
     };
     if !parts.any_service() {
+        // Nothing to follow (the simulator alone): still keep `paystream_ready` current.
+        app.tasks.spawn(health::watch(
+            health::Watched {
+                nats: None,
+                database: None,
+            },
+            readiness.clone(),
+            shutdown.clone(),
+        ));
         return Ok(app);
     }
 
