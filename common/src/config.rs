@@ -212,6 +212,10 @@ pub struct Config {
     /// `paystream_ledger_imbalance_minor` (a full scan of the ledger: keep it minutes on a big one).
     #[arg(long, env = "PAYSTREAM_LEDGER_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub ledger_check_interval: Duration,
+    /// An instance whose membership heartbeat is older than this is taken for dead and its
+    /// partitions move to the others (heartbeats go every quarter of it).
+    #[arg(long, env = "PAYSTREAM_MEMBER_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub member_ttl: Duration,
     /// Stream replicas (3 on a cluster).
     #[arg(long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
     pub replicas: u8,

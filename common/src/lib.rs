@@ -19,6 +19,8 @@ pub mod lag;
 pub mod money;
 pub mod nats;
 pub mod nats_server;
+pub mod ownership;
+pub mod publish;
 pub mod shutdown;
 pub mod state;
 pub mod streams;

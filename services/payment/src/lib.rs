@@ -23,7 +23,7 @@ use async_nats::jetstream;
 use paystream_common::config::Config;
 use paystream_common::consume::{self, LoopConfig};
 use paystream_common::shutdown::{Shutdown, Trigger};
-use paystream_common::streams::{self, TopologyError};
+use paystream_common::streams::TopologyError;
 use paystream_common::telemetry::Readiness;
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
@@ -46,7 +46,7 @@ pub async fn start<P: psp::Psp>(
     shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), TopologyError> {
-    let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
+    let source = consume::Source::partitioned(&js, cfg, CONSUMER, db.clone()).await?;
     let rounds = |n: usize| rounds_of(n, cfg.psp_concurrency);
     let wake = Arc::new(Notify::new());
     let intake = intake::Intake {
@@ -63,7 +63,7 @@ pub async fn start<P: psp::Psp>(
     // commit while draining on shutdown is published before the process exits.
     let mut producers = JoinSet::new();
     producers.spawn(consume::run(
-        consumer,
+        source,
         loop_cfg,
         intake,
         shutdown.clone(),
@@ -87,7 +87,7 @@ pub async fn start<P: psp::Psp>(
     ));
     let (relay_stop, relay_shutdown) = paystream_common::shutdown::channel();
     tasks.spawn(supervise(producers, relay_stop, shutdown));
-    tasks.spawn(outbox::run(db, js, wake, relay_shutdown));
+    tasks.spawn(outbox::run(db, js, wake, cfg.member_ttl, relay_shutdown));
     Ok(())
 }
 

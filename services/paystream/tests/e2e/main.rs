@@ -16,6 +16,7 @@ mod helpers;
 mod nats_restart;
 mod ops;
 mod ordering;
+mod scale;
 mod sweeper;
 mod topology;
 mod up;

@@ -29,6 +29,7 @@ fn event(payment_id: PaymentId, kind: EventKind, version: u32) -> PaymentEvent {
         reason: None,
         requested_at_ms: None,
         delta_minor: None,
+        stream_seq: None,
     }
 }
 
