@@ -18,9 +18,22 @@ fn paystream(data: &Path, args: &[&str]) -> std::process::Output {
         .expect("paystream runs")
 }
 
+/// A running `paystream up`, killed if the test ends without stopping it (a failed assertion must
+/// not leave it running).
+struct Up(Option<Child>);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `paystream up` on `data` with ports picked by the OS; its log goes to `data/up.log`.
-fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_paystream"))
+fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Up {
+    let child = Command::new(env!("CARGO_BIN_EXE_paystream"))
         .arg("up")
         .env_clear()
         .env("PAYSTREAM_DATA_DIR", data)
@@ -36,7 +49,8 @@ fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(data.join("up.log")).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Up(Some(child))
 }
 
 /// Where `up` serves `/metrics`: the address it logged ("metrics and health endpoints listening").
@@ -74,11 +88,8 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// SIGTERM, then the exit status within `bound`, with the log for the assertion message.
-async fn terminate(
-    mut up: Child,
-    data: &Path,
-    bound: Duration,
-) -> (std::process::ExitStatus, String) {
+async fn terminate(mut up: Up, data: &Path, bound: Duration) -> (std::process::ExitStatus, String) {
+    let mut up = up.0.take().expect("up is running");
     Command::new("kill")
         .arg("-TERM")
         .arg(up.id().to_string())
@@ -91,6 +102,7 @@ async fn terminate(
         }
         if Instant::now() > deadline {
             let _ = up.kill();
+            let _ = up.wait();
             panic!("paystream up did not stop within {bound:?} of SIGTERM");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
