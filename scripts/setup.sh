@@ -28,9 +28,15 @@ if ! .venv/bin/python -c 'import yaml, jsonschema' 2>/dev/null; then
   # shellcheck disable=SC2086
   .venv/bin/python -m pip install --quiet --disable-pip-version-check $PY_DEPS
 fi
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "setup: promtool missing; installing Debian's prometheus package with apt" >&2
+# promtool (Debian's prometheus package) checks deploy/; curl runs compose.yaml's health check
+# against a live process in the tests.
+missing=""
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
+if [ -n "$missing" ]; then
+  echo "setup: installing${missing} with apt" >&2
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # shellcheck disable=SC2086
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 .venv/bin/nats-server --version >&2

@@ -165,6 +165,7 @@ async fn up_embedded() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     rules_and_dashboards_use_exported_metrics(&exposition);
+    compose_health_check_passes(&addr);
 
     let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
     assert!(
@@ -172,6 +173,27 @@ async fn up_embedded() {
         "SIGTERM is a graceful stop: {status:?}\n{log}"
     );
     assert!(log.contains("consumer stopped"), "consumers drained: {log}");
+}
+
+/// The health check compose.yaml gives every paystream container, run as written against this
+/// process (its address instead of the container's :9464): it passes while `/readyz` is 200.
+fn compose_health_check_passes(addr: &str) {
+    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compose.yaml");
+    let text = std::fs::read_to_string(compose).unwrap();
+    let check = text
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("test: "))
+        .find(|t| t.contains("/readyz"))
+        .expect("compose.yaml has the paystream health check");
+    let argv: Vec<String> = serde_json::from_str(check).expect("an exec-form test (JSON array)");
+    assert_eq!(argv[0], "CMD", "{argv:?}");
+    let argv: Vec<String> = argv[1..]
+        .iter()
+        .map(|a| a.replace("127.0.0.1:9464", addr))
+        .collect();
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{argv:?}: {out:?}");
 }
 
 /// Metrics another branch adds (the reconciler's); the dashboards and rules use them already.
