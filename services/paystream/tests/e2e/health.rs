@@ -65,15 +65,16 @@ async fn readyz_follows_database_postgres() {
     let admin_url = paystream_testkit::postgres_url().expect("PostgreSQL configured");
     let admin = Database::connect(admin_url.as_str()).await.unwrap();
     let name = env.db.url.rsplit('/').next().unwrap().to_owned();
-    // Refuse new connections to the test's database and end the ones it has: from the
-    // service's side, the database is gone.
+    // Refuse new connections to the test's database, then end the ones it has: from the
+    // service's side, the database is gone. Two statements: in one, the backends would be ended
+    // before the refusal commits and could reconnect in between.
     admin
-        .execute_unprepared(&format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
         .await
         .unwrap();
+    let terminate =
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'");
+    admin.execute_unprepared(&terminate).await.unwrap();
     let down = wait_readyz(&env, Duration::from_secs(20), 503, "database").await;
     admin
         .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
