@@ -165,7 +165,7 @@ async fn up_embedded() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     rules_and_dashboards_use_exported_metrics(&exposition);
-    compose_health_check_passes(&addr);
+    compose_health_check_passes(&addr).await;
 
     let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
     assert!(
@@ -177,7 +177,7 @@ async fn up_embedded() {
 
 /// The health check compose.yaml gives every paystream container, run as written against this
 /// process (its address instead of the container's :9464): it passes while `/readyz` is 200.
-fn compose_health_check_passes(addr: &str) {
+async fn compose_health_check_passes(addr: &str) {
     let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compose.yaml");
     let text = std::fs::read_to_string(compose).unwrap();
     let check = text
@@ -192,8 +192,20 @@ fn compose_health_check_passes(addr: &str) {
         .iter()
         .map(|a| a.replace("127.0.0.1:9464", addr))
         .collect();
-    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(out.status.success(), "{argv:?}: {out:?}");
+    // Readiness follows the partition readers one membership heartbeat behind, so the check
+    // may need a moment after start-up, as in a container's start period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{argv:?} still fails after 10 s: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Metrics another branch adds (the reconciler's); the dashboards and rules use them already.
@@ -223,6 +235,7 @@ fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
         .collect();
     files.push(root.join("deploy/alerts.yml"));
     let mut checked = BTreeSet::new();
+    let mut label_pairs = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         for (i, _) in text.match_indices("paystream_") {
@@ -245,9 +258,35 @@ fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
                 "{} queries {name}, which `paystream up` does not export",
                 file.display()
             );
+            // Equality matchers (`{outcome="unknown"}`) name a label value some series has.
+            let rest = &text[i + name.len()..];
+            if let Some(selector) = rest.strip_prefix('{').and_then(|r| r.split('}').next()) {
+                let selector = selector.replace("\\\"", "\""); // as written in JSON: \"
+                for matcher in selector.split(',').map(str::trim) {
+                    let Some((label, value)) = matcher.split_once("=\"") else {
+                        continue;
+                    };
+                    if label.ends_with(['!', '=', '~']) {
+                        continue;
+                    }
+                    let pair = format!("{label}=\"{}\"", value.trim_end_matches('"'));
+                    assert!(
+                        exposition
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(&pair)),
+                        "{} queries {name} with {pair}, which no exported series has",
+                        file.display()
+                    );
+                    label_pairs += 1;
+                }
+            }
             checked.insert(name);
         }
     }
+    assert!(
+        label_pairs >= 4,
+        "label matchers in rules and dashboards are checked"
+    );
     assert!(
         checked.len() > 25,
         "the dashboards and rules query paystream metrics: {checked:?}"
