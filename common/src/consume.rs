@@ -120,6 +120,7 @@ pub async fn run<H: Handler>(
         held: held.clone(),
         name: cfg.name,
         batch_max: cfg.batch_max,
+        ack_wait_first: cfg.backoff.delay_after(1),
     };
     let (stop_pulling, pulling_stopped) = tokio::sync::watch::channel(false);
     let control = match source {
@@ -128,7 +129,7 @@ pub async fn run<H: Handler>(
             let mut stop = pulling_stopped.clone();
             tokio::spawn(async move {
                 let _ = stop.wait_for(|s| *s).await;
-                reader.abort();
+                reader.stop().await;
                 Vec::new()
             })
         }
@@ -203,20 +204,24 @@ struct Readers {
     held: Held,
     name: &'static str,
     batch_max: usize,
+    /// The ack wait of a first delivery (the first backoff step): how long a message the server
+    /// sent to a pull that was dropped stays out before it is due for redelivery.
+    ack_wait_first: Duration,
 }
 
 impl Readers {
-    /// Pulls `consumer` (as a member of `group`, if any) into the loop's channel until aborted,
+    /// Pulls `consumer` (as a member of `group`, if any) into the loop's channel until stopped,
     /// re-establishing the pull whenever it fails. `ok` tells whether the pull is established.
     fn spawn(
         &self,
         consumer: Consumer<pull::Config>,
         group: Option<&'static str>,
         ok: Arc<AtomicBool>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Reader {
         let r = self.clone();
-        tokio::spawn(async move {
-            loop {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while !*stopped.borrow() {
                 let mut pull = consumer
                     .stream()
                     .max_messages_per_batch(r.batch_max)
@@ -225,37 +230,84 @@ impl Readers {
                 if let Some(g) = group {
                     pull = pull.group(g);
                 }
-                match pull.messages().await {
-                    Ok(mut stream) => {
-                        ok.store(true, Ordering::Relaxed);
-                        while let Some(item) = stream.next().await {
-                            match item {
-                                Ok(m) => {
-                                    r.held.insert(&m);
-                                    if r.tx.send(m).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!(consumer = r.name, error = %e, "message stream error")
-                                }
-                            }
-                        }
-                    }
+                let established = tokio::select! {
+                    s = pull.messages() => s,
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
+                let mut stream = match established {
+                    Ok(stream) => stream,
                     Err(e) => {
                         ok.store(false, Ordering::Relaxed);
                         tracing::warn!(consumer = r.name, error = %e, "pull failed; retrying in 1s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                            _ = stopped.wait_for(|s| *s) => return,
+                        }
+                        continue;
+                    }
+                };
+                ok.store(true, Ordering::Relaxed);
+                loop {
+                    let item = tokio::select! {
+                        biased;
+                        _ = stopped.wait_for(|s| *s) => return,
+                        item = stream.next() => item,
+                    };
+                    let m = match item {
+                        None => break,
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::warn!(consumer = r.name, error = %e, "message stream error");
+                            continue;
+                        }
+                    };
+                    r.held.insert(&m);
+                    let slot = tokio::select! {
+                        biased;
+                        slot = r.tx.reserve() => Some(slot),
+                        _ = stopped.wait_for(|s| *s) => None,
+                    };
+                    match slot {
+                        Some(Ok(slot)) => slot.send(m),
+                        Some(Err(_)) => return,
+                        None => {
+                            // Received but never handed over: give it back now (no progress acks
+                            // for it any more), so the partition's next owner gets it first.
+                            r.held.remove(std::slice::from_ref(&m)).await;
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
+                            return;
+                        }
                     }
                 }
             }
-        })
+        });
+        Reader { task, stop }
+    }
+}
+
+/// A running reader.
+struct Reader {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Reader {
+    /// Stops pulling; a message received and not yet handed to the loop is NAKed. Returns once
+    /// the reader is gone.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a reader did not stop within 5s");
+        }
     }
 }
 
 /// A partition this instance is pulling.
 struct Owned {
-    reader: tokio::task::JoinHandle<()>,
+    reader: Reader,
     ok: Arc<AtomicBool>,
 }
 
@@ -265,6 +317,7 @@ struct Released {
     consumer: Consumer<pull::Config>,
     held: Held,
     name: &'static str,
+    ack_wait_first: Duration,
 }
 
 /// Keeps this instance pulling exactly the partitions its membership assigns it: every
@@ -296,7 +349,7 @@ async fn own_partitions(
                     .collect();
                 for p in lost {
                     let o = owned.remove(&p).expect("owned");
-                    o.reader.abort();
+                    o.reader.stop().await;
                     counter!(names::PARTITION_HANDOVERS, "consumer" => name, "direction" => "released").increment(1);
                     tracing::info!(consumer = name, partition = p, "partition released");
                     tokio::spawn(release(vec![Released {
@@ -304,6 +357,7 @@ async fn own_partitions(
                         consumer: consumers[usize::from(p)].clone(),
                         held: readers.held.clone(),
                         name,
+                        ack_wait_first: readers.ack_wait_first,
                     }]));
                 }
                 for p in mine {
@@ -345,22 +399,23 @@ async fn own_partitions(
         tracing::warn!(consumer = name, error = %e, "could not leave the membership; others wait for its TTL");
     }
     gauge!(names::PARTITIONS_OWNED, "consumer" => name).set(0.0);
-    owned
-        .into_iter()
-        .map(|(p, o)| {
-            o.reader.abort();
-            Released {
-                js: js.clone(),
-                consumer: consumers[usize::from(p)].clone(),
-                held: readers.held.clone(),
-                name,
-            }
-        })
-        .collect()
+    let mut released = Vec::with_capacity(owned.len());
+    for (p, o) in owned {
+        o.reader.stop().await;
+        released.push(Released {
+            js: js.clone(),
+            consumer: consumers[usize::from(p)].clone(),
+            held: readers.held.clone(),
+            name,
+            ack_wait_first: readers.ack_wait_first,
+        });
+    }
+    released
 }
 
-/// Unpins released partitions once none of their received messages is left unsettled (bounded),
-/// so the next owner gets the pin at once instead of after the priority timeout.
+/// Unpins released partitions once none of their received messages is left unsettled (bounded)
+/// and what was in flight to the dropped pull is due again, so the next owner gets the pin at once
+/// (instead of after the priority timeout) and starts where this instance stopped.
 async fn release(partitions: Vec<Released>) {
     for r in partitions {
         let info = r.consumer.cached_info();
@@ -369,6 +424,10 @@ async fn release(partitions: Vec<Released>) {
         while r.held.count_of(&durable) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Messages the server had sent to the dropped pull but that never reached us are due for
+        // redelivery after their ack wait; the server serves due redeliveries before new messages,
+        // so waiting that long lets the next owner start with them, in order.
+        tokio::time::sleep(r.ack_wait_first + Duration::from_millis(100)).await;
         let unpinned = async {
             r.js.get_stream(&stream)
                 .await?
