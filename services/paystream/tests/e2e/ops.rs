@@ -182,3 +182,39 @@ async fn ledger_imbalance_gauge() {
     .await;
     env.shutdown().await;
 }
+
+/// `paystream_payments_unknown_oldest_seconds` (the UNKNOWN-ageing alert) grows while a payment
+/// stays UNKNOWN: here the PSP answers every charge with a 5xx, so the sweeper cannot settle it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_payment_ageing_gauge() {
+    let env = Env::start(
+        Backend::Sqlite,
+        &["--psp-sim-error-rate=1", "--sweep-interval=200ms"],
+    )
+    .await
+    .expect("SQLite always runs");
+    let js = paystream_common::nats::jetstream(env.client().await);
+    crate::helpers::publish_all(&js, &crate::helpers::requests(1, 1, 1, "age")).await;
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    eventually(
+        Duration::from_secs(20),
+        "one payment UNKNOWN for over 1.5 s",
+        || async {
+            let text = env.metrics().await;
+            gauge(&text, "paystream_payments_unknown") == Some(1.0)
+                && gauge(&text, "paystream_payments_unknown_oldest_seconds")
+                    .is_some_and(|age| age > 1.5)
+        },
+    )
+    .await;
+    let state = scalar(
+        env.db(),
+        "SELECT COUNT(*) FROM payments WHERE state = 'UNKNOWN'",
+    )
+    .await;
+    assert_eq!(state, 1, "the gauge describes the table");
+    env.shutdown().await;
+}
