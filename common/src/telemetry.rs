@@ -58,7 +58,17 @@ pub mod names {
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
     pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
+    pub const NATS_SERVER_ERRORS: &str = "paystream_nats_server_errors_total";
+    pub const OPERATOR_REQUESTS: &str = "paystream_operator_requests_total";
 }
+
+/// Kinds of `-ERR` the NATS server reports to a connection.
+pub const NATS_SERVER_ERROR_KINDS: [&str; 4] =
+    ["permission", "authorization", "slow_consumer", "other"];
+/// Mutating operator endpoints (`paystream.dlq.redrive`, …), as audit actions.
+pub const OPERATOR_ACTIONS: [&str; 3] = ["dlq.redrive", "dlq.purge", "recon.run"];
+/// What became of an operator request: done, refused (no trustworthy identity), failed.
+pub const OPERATOR_OUTCOMES: [&str; 3] = ["ok", "refused", "error"];
 
 /// Consumers whose series are pre-registered.
 pub const CONSUMERS: [&str; 3] = ["payment", "wallet", "ledger"];
@@ -190,6 +200,22 @@ fn register_catalogue() {
         "1 when streams, consumers and the database are ready."
     );
 
+    describe_counter!(
+        NATS_SERVER_ERRORS,
+        "Errors the NATS server reported to this process, by kind (permission: a subject this user may not use)."
+    );
+    describe_counter!(
+        OPERATOR_REQUESTS,
+        "Mutating operator requests over NATS, by action and outcome (refused: no server-stamped identity)."
+    );
+    for kind in NATS_SERVER_ERROR_KINDS {
+        counter!(NATS_SERVER_ERRORS, "kind" => kind).absolute(0);
+    }
+    for action in OPERATOR_ACTIONS {
+        for outcome in OPERATOR_OUTCOMES {
+            counter!(OPERATOR_REQUESTS, "action" => action, "outcome" => outcome).absolute(0);
+        }
+    }
     for kind in ["request", "cancel"] {
         for format in ["json", "msgpack"] {
             counter!(INGRESS_MESSAGES, "kind" => kind, "format" => format).absolute(0);

@@ -183,14 +183,22 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     let mut cfg = cfg;
     if cfg.nats_url.is_none() && parts.nats_server {
         let bin = nats_server::locate(cfg.nats_server_bin.as_deref()).await?;
+        // Secure by default: the same accounts and users as nats/server.conf, with passwords
+        // generated into the data dir (0600) where client commands find them.
+        let users = nats::embedded_users(&cfg)
+            .with_context(|| format!("writing {}", cfg.nats_users_file().display()))?;
         let server = NatsServer::start(ServerOptions {
             bin,
             store_dir: cfg.data_dir.join("nats"),
             port: cfg.embedded_nats_port,
             sync_interval: None,
-            extra_conf: String::new(),
+            extra_conf: nats_server::secure_conf(&users),
         })
         .await?;
+        if cfg.nats_user.is_none() && cfg.nats_creds.is_none() {
+            cfg.nats_user = Some(nats::Role::Service.user().to_owned());
+            cfg.nats_password = users.get(nats::Role::Service.user()).cloned();
+        }
         let url = server.url();
         std::fs::create_dir_all(&cfg.data_dir)?;
         std::fs::write(cfg.nats_url_file(), &url)
@@ -225,14 +233,22 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     app.db = Some(conn.clone());
 
     let streams_ready = readiness.component("streams");
-    let client = nats::connect(&cfg, "paystream", true).await?;
+    let (client, nats_errors) =
+        nats::connect_as(&cfg, "paystream", nats::Role::Service, true).await?;
     let js = nats::jetstream(client.clone());
     // NATS may still be starting (or be down): wait for it, as for the database. A definition
     // the server refuses is not worth waiting for.
     let mut delay = Duration::from_millis(200);
     let mut stop = shutdown.clone();
     loop {
-        match streams::ensure_streams(&js, &cfg).await {
+        // A refused JetStream API call only times out; the server's -ERR says why at once.
+        let attempt = tokio::select! {
+            r = streams::ensure_streams(&js, &cfg) => r,
+            refusal = nats_errors.refused() => anyhow::bail!(
+                "creating streams: NATS refused this user ({refusal}); see nats/accounts.conf"
+            ),
+        };
+        match attempt {
             Ok(()) => break,
             Err(
                 e @ (streams::TopologyError::Definition { .. }

@@ -14,6 +14,8 @@ mod happy;
 mod helpers;
 mod nats_restart;
 mod ordering;
+mod security;
 mod sweeper;
+mod tls;
 mod topology;
 mod up;
