@@ -56,11 +56,8 @@ pub enum ConnectError {
          PAYSTREAM_NATS_USER/PAYSTREAM_NATS_PASSWORD or PAYSTREAM_NATS_CREDS"
     )]
     Refused { url: String, who: String },
-    #[error("TLS to NATS at {url} failed (PAYSTREAM_NATS_TLS_CA): {source}")]
-    Tls {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error("TLS to NATS at {url} failed (check PAYSTREAM_NATS_TLS_CA): {detail}")]
+    Tls { url: String, detail: String },
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -335,6 +332,10 @@ async fn connect_once(
     match opts.connect(servers).await {
         Ok(client) => Ok((client, errors)),
         Err(source) => Err(match source.kind() {
+            _ if is_tls_failure(&source) => ConnectError::Tls {
+                url: url.to_owned(),
+                detail: error_chain(&source),
+            },
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 ConnectError::Refused {
                     url: url.to_owned(),
@@ -343,7 +344,7 @@ async fn connect_once(
             }
             ConnectErrorKind::Tls => ConnectError::Tls {
                 url: url.to_owned(),
-                source,
+                detail: error_chain(&source),
             },
             _ => ConnectError::Connect {
                 url: url.to_owned(),
@@ -351,6 +352,40 @@ async fn connect_once(
             },
         }),
     }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let part = err.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = err.source();
+    }
+    text
+}
+
+/// A failed TLS handshake (an untrusted or mismatched certificate) is reported by async-nats as
+/// an I/O error; the rustls error inside it says what it is.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<async_nats::rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<async_nats::rustls::Error>())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The JetStream context: outstanding publish acks are bounded, so a producer cannot run away
