@@ -226,6 +226,19 @@ pub async fn sim_stats(psp_url: &str) -> serde_json::Value {
         .expect("stats JSON")
 }
 
+/// The same, from a simulator that requires a bearer key.
+pub async fn sim_stats_with_key(psp_url: &str, key: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{psp_url}/v1/sim/stats"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
+
 /// What the simulator knows of one key.
 pub async fn sim_payment(psp_url: &str, payment_id: &str) -> Option<serde_json::Value> {
     let r = reqwest::get(format!("{psp_url}/v1/payments/{payment_id}"))

@@ -532,3 +532,74 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         }
     }
 }
+
+async fn state_of(env: &Env, id: &str) -> Value {
+    paystream::queries::status(env.db(), id)
+        .await
+        .map(|s| serde_json::to_value(s).unwrap()["state"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A wrong PSP key at runtime: the PSP answers 401, the payment is not marked FAILURE, the
+/// metric that pages rises; once the key is fixed (restart) the payment completes, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_psp_key_pages_and_fails_no_payment() {
+    let mut env = Env::start_secure(
+        Backend::Sqlite,
+        &[
+            "--psp-api-key=sk_wrong",
+            "--psp-sim-api-key=sk_right",
+            "--backoff=300ms,600ms",
+            "--max-deliver=3",
+            "--psp-timeout=1s",
+            "--executing-timeout=2s",
+            "--sweep-interval=500ms",
+        ],
+    )
+    .await
+    .unwrap();
+    let (checkout, _) = env.client_as("checkout").await;
+    let req = PaymentRequest {
+        payment_id: PaymentId::new_random(),
+        buyer_id: BuyerId::parse("b-key").unwrap(),
+        merchant_id: MerchantId::parse("m-key").unwrap(),
+        amount: Amount::new(4200).unwrap(),
+        currency: Currency::parse("USD").unwrap(),
+        metadata: BTreeMap::new(),
+    };
+    paystream::client::pay(&nats::jetstream(checkout), &req)
+        .await
+        .unwrap();
+    let series = r#"paystream_psp_requests_total{op="charge",outcome="config_error"}"#;
+    eventually(Duration::from_secs(15), "config_error counted", || async {
+        metric(&env.metrics().await, series) >= 2.0
+    })
+    .await;
+    let id = req.payment_id.to_string();
+    assert_eq!(
+        state_of(&env, &id).await,
+        json!("EXECUTING"),
+        "not the payment's fault"
+    );
+    let stats = crate::helpers::sim_stats_with_key(&env.psp_url(), "sk_right").await;
+    assert_eq!(stats["charges"], 0, "the PSP charged nothing: {stats}");
+
+    env.cfg.psp_api_key = Some(paystream_common::config::Secret("sk_right".into()));
+    env.restart_app().await;
+    eventually(
+        Duration::from_secs(20),
+        "completed once the key is fixed",
+        || async { state_of(&env, &id).await == json!("SUCCESS") },
+    )
+    .await;
+    let stats = crate::helpers::sim_stats_with_key(&env.psp_url(), "sk_right").await;
+    assert_eq!(stats["charges"], 1, "{stats}");
+    assert_eq!(stats["double_charges"], 0, "{stats}");
+    env.shutdown().await;
+}
