@@ -60,6 +60,8 @@ pub mod names {
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
     pub const NATS_SERVER_ERRORS: &str = "paystream_nats_server_errors_total";
     pub const OPERATOR_REQUESTS: &str = "paystream_operator_requests_total";
+    pub const PSP_CREDENTIALS_REFUSED: &str = "paystream_psp_credentials_refused";
+    pub const PSP_CALLS_WITHHELD: &str = "paystream_psp_calls_withheld_total";
 }
 
 /// Kinds of `-ERR` the NATS server reports to a connection.
@@ -208,6 +210,18 @@ fn register_catalogue() {
         OPERATOR_REQUESTS,
         "Mutating operator requests over NATS, by action and outcome (refused: no server-stamped identity)."
     );
+    describe_gauge!(
+        PSP_CREDENTIALS_REFUSED,
+        "1 while PSP calls are withheld because the PSP refused our credentials (401/403)."
+    );
+    describe_counter!(
+        PSP_CALLS_WITHHELD,
+        "PSP calls not sent because the PSP refused our credentials moments ago, by operation."
+    );
+    gauge!(PSP_CREDENTIALS_REFUSED).set(0.0);
+    for op in PSP_OPS {
+        counter!(PSP_CALLS_WITHHELD, "op" => op).absolute(0);
+    }
     for kind in NATS_SERVER_ERROR_KINDS {
         counter!(NATS_SERVER_ERRORS, "kind" => kind).absolute(0);
     }

@@ -576,11 +576,25 @@ async fn a_wrong_psp_key_pages_and_fails_no_payment() {
     paystream::client::pay(&nats::jetstream(checkout), &req)
         .await
         .unwrap();
-    let series = r#"paystream_psp_requests_total{op="charge",outcome="config_error"}"#;
-    eventually(Duration::from_secs(15), "config_error counted", || async {
-        metric(&env.metrics().await, series) >= 2.0
-    })
+    let refused = r#"paystream_psp_requests_total{op="charge",outcome="config_error"}"#;
+    let withheld = r#"paystream_psp_calls_withheld_total{op="charge"}"#;
+    eventually(
+        Duration::from_secs(15),
+        "the redelivered request is withheld",
+        || async { metric(&env.metrics().await, withheld) >= 1.0 },
+    )
     .await;
+    let metrics = env.metrics().await;
+    assert_eq!(
+        metric(&metrics, refused),
+        1.0,
+        "one refused call, then none"
+    );
+    assert_eq!(
+        metric(&metrics, "paystream_psp_credentials_refused"),
+        1.0,
+        "it pages"
+    );
     let id = req.payment_id.to_string();
     assert_eq!(
         state_of(&env, &id).await,
