@@ -428,6 +428,26 @@ mod tests {
         assert_eq!(resolve_auth(&c, Role::Service).unwrap(), Auth::Anonymous);
     }
 
+    #[tokio::test]
+    async fn an_unreadable_creds_file_is_a_clear_error_not_a_retry() {
+        let c = cfg(&[
+            "--nats-url=nats://127.0.0.1:1",
+            "--nats-creds=/nonexistent/paystream.creds",
+        ]);
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect_as(&c, "t", Role::Service, true),
+        )
+        .await
+        .expect("not retried")
+        .expect_err("no such file");
+        assert!(err.is_permanent());
+        assert!(
+            err.to_string().contains("/nonexistent/paystream.creds"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn embedded_users_are_generated_once_private_and_picked_by_role() {
         let dir = tempfile::tempdir().unwrap();

@@ -257,6 +257,13 @@ async fn operators_act_and_are_audited_viewers_only_look() {
         .await
         .unwrap();
     assert!(info.state.messages >= 3);
+    op_js
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .direct_get(1)
+        .await
+        .expect("operator direct-gets a message");
     refused_publish(&op, &op_errors, "$JS.PAYSTREAM.API.STREAM.DELETE.PAYMENTS").await;
     refused_publish(&op, &op_errors, "$JS.API.STREAM.DELETE.PAYMENTS").await;
     refused_publish(&op, &op_errors, "payments.request.b-x").await;
