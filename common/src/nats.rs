@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerError, jetstream};
+use async_nats::{
+    Client, ClientError, ConnectErrorKind, ConnectOptions, Event, ServerError, jetstream,
+};
 
 use crate::config::{Config, Secret};
 use crate::telemetry::names;
@@ -238,6 +240,10 @@ impl ServerErrors {
             }
             ServerError::Other(_) => ("other", String::new()),
         };
+        self.count_and_keep(kind, text);
+    }
+
+    fn count_and_keep(&self, kind: &'static str, text: String) {
         metrics::counter!(names::NATS_SERVER_ERRORS, "kind" => kind).increment(1);
         if !text.is_empty()
             && let Ok(mut g) = self.0.lock()
@@ -305,6 +311,12 @@ async fn connect_once(
                     Event::ServerError(e) => {
                         seen.record(e);
                         tracing::error!(%event, "NATS server error");
+                    }
+                    // A reconnect the server refuses (a password rotated under us) is reported
+                    // by async-nats as a client error naming the connect error's kind.
+                    Event::ClientError(ClientError::Other(e)) if e.contains("authorization") => {
+                        seen.count_and_keep("authorization", e.clone());
+                        tracing::error!(%event, "NATS refused our credentials on reconnect");
                     }
                     _ => tracing::info!(%event, "nats connection event"),
                 }

@@ -624,3 +624,38 @@ async fn a_wrong_psp_key_pages_and_fails_no_payment() {
     assert_eq!(stats["double_charges"], 0, "{stats}");
     env.shutdown().await;
 }
+
+/// A password rotated on the server under a running service: its reconnects are refused, and it
+/// says so (an error log and `paystream_nats_server_errors_total{kind="authorization"}`, which
+/// pages) instead of reconnecting silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_rotated_under_a_running_service_is_reported() {
+    use paystream_common::config::Secret;
+    use paystream_common::nats_server::{NatsServer, ServerOptions, secure_conf};
+
+    let mut env = Env::start_secure(Backend::Sqlite, &[]).await.unwrap();
+    let series = r#"paystream_nats_server_errors_total{kind="authorization"}"#;
+    assert_eq!(metric(&env.metrics().await, series), 0.0);
+    let port = env.nats.server.port();
+    env.nats.server.kill().await;
+    let store = tempfile::tempdir().unwrap();
+    let rotated = paystream_common::nats::USERS
+        .iter()
+        .map(|u| ((*u).to_owned(), Secret(format!("rotated-{u}"))))
+        .collect();
+    let _rotated_server = NatsServer::start(ServerOptions {
+        bin: paystream_testkit::nats_server_bin(),
+        store_dir: store.path().to_path_buf(),
+        port,
+        sync_interval: None,
+        extra_conf: secure_conf(&rotated),
+    })
+    .await
+    .expect("the server restarts with rotated passwords");
+    eventually(
+        Duration::from_secs(20),
+        "refused reconnects counted",
+        || async { metric(&env.metrics().await, series) >= 1.0 },
+    )
+    .await;
+}
