@@ -189,6 +189,10 @@ async fn operators_act_and_are_audited_viewers_only_look() {
     .await
     .expect("viewer checks the ledger");
     assert_eq!(check["ok"], true);
+    let ping = operator::request(&viewer, &viewer_errors, "$SRV.PING.paystream", &json!({}))
+        .await
+        .expect("viewer finds the micro service");
+    assert_eq!(ping["name"], "paystream");
     let audit = operator::request(&viewer, &viewer_errors, "paystream.audit", &json!({}))
         .await
         .expect("viewer reads the audit trail");
