@@ -1,6 +1,6 @@
 //! TLS to NATS: a CA and a server certificate generated for the test (openssl CLI), nats-server
 //! 2.15 requiring TLS, the services and a client trusting that CA through `PAYSTREAM_NATS_TLS_CA`;
-//! a client that does not trust it is refused with a TLS error, not a hang.
+//! a client that does not trust it is refused with a TLS error, not a hang. And PostgreSQL over TLS.
 
 use std::path::Path;
 use std::process::Command;
@@ -137,6 +137,53 @@ async fn services_and_clients_speak_tls_to_nats() {
             .unwrap();
         serde_json::to_value(b).unwrap()["balances"]["USD"] == 321
     })
+    .await;
+    env.shutdown().await;
+}
+
+/// PostgreSQL over TLS (sqlx with rustls/ring): `sslmode=require` in `DATABASE_URL`, and the
+/// server confirms the services' connections are encrypted. Needs a PostgreSQL with `ssl = on`
+/// (Debian's default); skipped without `PAYSTREAM_TEST_DATABASE_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_speak_tls_to_postgres() {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let Some(mut db) = TestDb::postgres().await else {
+        return;
+    };
+    db.url = format!("{}?sslmode=require", db.url);
+    let env = Env::start_on(TestNats::start(false).await, db, &[]).await;
+    let conn = env.db();
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .expect("one row");
+    assert!(
+        row.try_get_by_index::<bool>(0).unwrap(),
+        "the connection is encrypted"
+    );
+    let js = nats::jetstream(env.client().await);
+    let pay = serde_json::json!({"payment_id": "4c1d2e3f-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+        "buyer_id": "b-pgtls", "merchant_id": "m-pgtls", "amount": 654, "currency": "USD"});
+    js.publish("payments.request.b-pgtls", pay.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "credited over TLS to PostgreSQL",
+        || async {
+            let b = paystream::queries::balance(env.db(), "m-pgtls")
+                .await
+                .unwrap();
+            serde_json::to_value(b).unwrap()["balances"]["USD"] == 654
+        },
+    )
     .await;
     env.shutdown().await;
 }
