@@ -38,6 +38,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `work` unless the NATS server refuses this user something meanwhile (its `-ERR` would
+/// otherwise leave `work` waiting for a JetStream ack until the timeout).
+async fn unless_refused<T>(
+    errors: &nats::ServerErrors,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = work => r,
+        refusal = errors.refused() => anyhow::bail!("NATS refused this user: {refusal}"),
+    }
+}
+
 /// A usage error found after parsing (a value clap cannot check): exit 2.
 fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
     eprintln!("error: {msg}");
@@ -107,9 +119,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(r) => r,
                 Err(e) => return usage(e),
             };
-            let (client, _) =
+            let (client, errors) =
                 nats::connect_as(&cfg, "paystream-cli", nats::Role::Checkout, false).await?;
-            let receipt = client::pay(&nats::jetstream(client), &req).await?;
+            let receipt =
+                unless_refused(&errors, client::pay(&nats::jetstream(client), &req)).await?;
             emit(json, &receipt, || receipt.table());
         }
         Command::Cancel {
@@ -127,9 +140,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Err(e), _) => return usage(format!("payment_id: {e}")),
                 (_, Err(e)) => return usage(format!("buyer: {e}")),
             };
-            let (client, _) =
+            let (client, errors) =
                 nats::connect_as(&cfg, "paystream-cli", nats::Role::Checkout, false).await?;
-            let receipt = client::cancel(&nats::jetstream(client), &req).await?;
+            let receipt =
+                unless_refused(&errors, client::cancel(&nats::jetstream(client), &req)).await?;
             emit(json, &receipt, || receipt.table());
         }
         Command::Status { payment_id, json } => {

@@ -208,6 +208,26 @@ async fn operators_act_and_are_audited_viewers_only_look() {
     ] {
         refused_publish(&viewer, &viewer_errors, subject).await;
     }
+    let started = Instant::now();
+    let out = paystream_cli(
+        &env,
+        "viewer",
+        &[
+            "pay",
+            "--buyer",
+            "b-v",
+            "--merchant",
+            "m-v",
+            "--amount",
+            "1",
+        ],
+    );
+    assert!(!out.status.success(), "a viewer cannot pay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused this user") && started.elapsed() < Duration::from_secs(5),
+        "the cause, at once: {stderr}"
+    );
     let out = paystream_cli(
         &env,
         "viewer",
