@@ -264,11 +264,25 @@ pub async fn connect_as(
     role: Role,
     retry: bool,
 ) -> Result<(Client, ServerErrors), ConnectError> {
+    let errors = ServerErrors::default();
+    let client = connect_reporting(cfg, name, role, retry, &errors).await?;
+    Ok((client, errors))
+}
+
+/// As `connect_as`, reporting the server's errors into `errors` (which the caller may already be
+/// watching).
+pub async fn connect_reporting(
+    cfg: &Config,
+    name: &str,
+    role: Role,
+    retry: bool,
+    errors: &ServerErrors,
+) -> Result<Client, ConnectError> {
     let url = resolve_url(cfg)?;
     let auth = resolve_auth(cfg, role)?;
     let mut delay = Duration::from_millis(200);
     loop {
-        match connect_once(cfg, &url, &auth, name).await {
+        match connect_once(cfg, &url, &auth, name, errors).await {
             Ok(c) => return Ok(c),
             Err(e) if retry && !e.is_permanent() => {
                 tracing::warn!(error = %e, ?delay, "NATS not reachable; retrying");
@@ -296,8 +310,8 @@ async fn connect_once(
     url: &str,
     auth: &Auth,
     name: &str,
-) -> Result<(Client, ServerErrors), ConnectError> {
-    let errors = ServerErrors::default();
+    errors: &ServerErrors,
+) -> Result<Client, ConnectError> {
     let seen = errors.clone();
     let mut opts = ConnectOptions::new()
         .name(name)
@@ -342,7 +356,7 @@ async fn connect_once(
     }
     let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     match opts.connect(servers).await {
-        Ok(client) => Ok((client, errors)),
+        Ok(client) => Ok(client),
         Err(source) => Err(match source.kind() {
             _ if is_tls_failure(&source) => ConnectError::Tls {
                 url: url.to_owned(),

@@ -161,7 +161,24 @@ pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<Data
     }
 }
 
+/// Starts the parts asked for. A permission the NATS server refuses this process while it starts
+/// (creating a stream or a consumer, serving an endpoint) ends the start at once with the
+/// server's reason: the request it refused would otherwise only time out.
 pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
+    let nats_errors = nats::ServerErrors::default();
+    tokio::select! {
+        app = start_parts(cfg, parts, nats_errors.clone()) => app,
+        refusal = nats_errors.refused() => anyhow::bail!(
+            "starting: NATS refused this user ({refusal}); see nats/accounts.conf"
+        ),
+    }
+}
+
+async fn start_parts(
+    cfg: Config,
+    parts: Parts,
+    nats_errors: nats::ServerErrors,
+) -> anyhow::Result<App> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     if let Some(spec) = &cfg.failpoints {
         paystream_common::failpoint::arm(spec).map_err(anyhow::Error::msg)?;
@@ -233,22 +250,15 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     app.db = Some(conn.clone());
 
     let streams_ready = readiness.component("streams");
-    let (client, nats_errors) =
-        nats::connect_as(&cfg, "paystream", nats::Role::Service, true).await?;
+    let client =
+        nats::connect_reporting(&cfg, "paystream", nats::Role::Service, true, &nats_errors).await?;
     let js = nats::jetstream(client.clone());
     // NATS may still be starting (or be down): wait for it, as for the database. A definition
     // the server refuses is not worth waiting for.
     let mut delay = Duration::from_millis(200);
     let mut stop = shutdown.clone();
     loop {
-        // A refused JetStream API call only times out; the server's -ERR says why at once.
-        let attempt = tokio::select! {
-            r = streams::ensure_streams(&js, &cfg) => r,
-            refusal = nats_errors.refused() => anyhow::bail!(
-                "creating streams: NATS refused this user ({refusal}); see nats/accounts.conf"
-            ),
-        };
-        match attempt {
+        match streams::ensure_streams(&js, &cfg).await {
             Ok(()) => break,
             Err(
                 e @ (streams::TopologyError::Definition { .. }

@@ -379,6 +379,37 @@ async fn refused_credentials_or_permissions_stop_start_up_with_the_cause() {
     );
     assert!(!stderr.contains(&viewer), "no secret in errors");
     eprintln!("both refusals reported in {:?}", started.elapsed());
+
+    // A user that may create streams but not consumers: refused half-way, and said so at once.
+    let limited = paystream_testkit::TestNats::start_with_conf(
+        r#"accounts { LIMITED: { jetstream: enabled, users: [ { user: limited, password: "pw-limited",
+             permissions: { publish: { allow: ["$JS.API.STREAM.>"] }, subscribe: { allow: ["_INBOX.>"] } } } ] } }"#
+            .to_owned(),
+    )
+    .await;
+    let started = Instant::now();
+    let (status, stderr) = run_until_exit(
+        Command::new(env!("CARGO_BIN_EXE_paystream"))
+            .args(["serve", "wallet"])
+            .env_clear()
+            .env("PAYSTREAM_NATS_URL", limited.url())
+            .env("PAYSTREAM_NATS_USER", "limited")
+            .env("PAYSTREAM_NATS_PASSWORD", "pw-limited")
+            .env("PAYSTREAM_DATA_DIR", data.path())
+            .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0"),
+        Duration::from_secs(20),
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("NATS refused this user")
+            && stderr.contains("$JS.API.CONSUMER.CREATE.PAYMENT_EVENTS"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not after the request timeout: {:?}",
+        started.elapsed()
+    );
 }
 
 fn free_port() -> u16 {
