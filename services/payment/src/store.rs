@@ -336,6 +336,7 @@ pub async fn record(
                 reason: c.reason.clone(),
                 requested_at_ms: Some(c.requested_at_ms.unwrap_or(row.requested_at_ms)),
                 delta_minor: None,
+                stream_seq: None,
             };
             events.push(outbox::ActiveModel {
                 event_id: Set(event.event_id.to_string()),

@@ -14,6 +14,7 @@ mod happy;
 mod helpers;
 mod nats_restart;
 mod ordering;
+mod scale;
 mod security;
 mod sweeper;
 mod tls;
