@@ -548,7 +548,16 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("paystream_nats_server_errors_total"));
+    // Everything `up` did (consumers per partition, pins, the relay, dead letters, endpoints)
+    // stayed within the services' permissions.
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"paystream_nats_server_errors_total{kind="permission"}"#
+        ),
+        0.0,
+        "a permission the services lack"
+    );
     Command::new("kill")
         .arg("-TERM")
         .arg(up.id().to_string())
@@ -585,6 +594,10 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         ));
     }
     assert!(texts[0].1.len() > 10_000, "debug logging was on");
+    assert!(
+        !texts[0].1.to_lowercase().contains("permissions violation"),
+        "the services stayed within their permissions, shutdown included"
+    );
     let secrets: Vec<&str> = std::iter::once(psp_key.as_str())
         .chain(passwords.values().map(String::as_str))
         .collect();
@@ -676,6 +689,14 @@ async fn a_wrong_psp_key_pages_and_fails_no_payment() {
     .await;
     let stats = crate::helpers::sim_stats_with_key(&env.psp_url(), "sk_right").await;
     assert_eq!(stats["charges"], 1, "{stats}");
+    assert_eq!(
+        metric(
+            &env.metrics().await,
+            r#"paystream_nats_server_errors_total{kind="permission"}"#
+        ),
+        0.0,
+        "the services stayed within their permissions across a restart"
+    );
     assert_eq!(stats["double_charges"], 0, "{stats}");
     env.shutdown().await;
 }
