@@ -17,9 +17,11 @@ for target in $targets; do
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   echo "fuzz: $target for ${seconds}s"
-  cargo fuzz run "$target" "$work" "corpus/$target" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 12
-  # A pipe hides the fuzzer's exit status from `set -e`.
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz: $target failed (input in fuzz/artifacts/$target/)"; exit 1; }
+  # pipefail: the fuzzer's failure fails the pipeline, whatever `tail` does.
+  if ! cargo fuzz run "$target" "$work" "corpus/$target" -- \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 40; then
+    echo "fuzz: $target failed (input in fuzz/artifacts/$target/)"
+    exit 1
+  fi
   rm -rf "$work"
 done
