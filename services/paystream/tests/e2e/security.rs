@@ -735,3 +735,42 @@ async fn a_password_rotated_under_a_running_service_is_reported() {
     )
     .await;
 }
+
+/// The services resume under their permissions after NATS restarts (reconnect, consumer lookups,
+/// re-pinned partitions): a payment published after the restart is applied, with no permission
+/// refused on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_resume_within_their_permissions_after_a_nats_restart() {
+    let mut env = Env::start_secure(Backend::Sqlite, &[]).await.unwrap();
+    env.nats
+        .server
+        .restart()
+        .await
+        .expect("nats-server restarts");
+    let (checkout, _) = env.client_as("checkout").await;
+    let req = PaymentRequest {
+        payment_id: PaymentId::new_random(),
+        buyer_id: BuyerId::parse("b-restart").unwrap(),
+        merchant_id: MerchantId::parse("m-restart").unwrap(),
+        amount: Amount::new(777).unwrap(),
+        currency: Currency::parse("USD").unwrap(),
+        metadata: BTreeMap::new(),
+    };
+    paystream::client::pay(&nats::jetstream(checkout), &req)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "credited after the restart",
+        || async { usd_balance(&env, "m-restart").await == json!(777) },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &env.metrics().await,
+            r#"paystream_nats_server_errors_total{kind="permission"}"#
+        ),
+        0.0
+    );
+    env.shutdown().await;
+}
