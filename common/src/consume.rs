@@ -417,27 +417,29 @@ async fn own_partitions(
 /// and what was in flight to the dropped pull is due again, so the next owner gets the pin at once
 /// (instead of after the priority timeout) and starts where this instance stopped.
 async fn release(partitions: Vec<Released>) {
-    for r in partitions {
-        let info = r.consumer.cached_info();
-        let (stream, durable) = (info.stream_name.clone(), info.name.clone());
-        let deadline = Instant::now() + RELEASE_WAIT_MAX;
-        while r.held.count_of(&durable) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Messages the server had sent to the dropped pull but that never reached us are due for
-        // redelivery after their ack wait; the server serves due redeliveries before new messages,
-        // so waiting that long lets the next owner start with them, in order.
-        tokio::time::sleep(r.ack_wait_first + Duration::from_millis(100)).await;
-        let unpinned = async {
-            r.js.get_stream(&stream)
-                .await?
-                .unpin_consumer(&durable, crate::streams::OWNER_GROUP)
-                .await?;
-            Ok::<(), async_nats::Error>(())
-        };
-        if let Err(e) = unpinned.await {
-            tracing::warn!(consumer = r.name, %durable, error = %e, "unpin failed; the pin expires by itself");
-        }
+    futures::future::join_all(partitions.into_iter().map(release_one)).await;
+}
+
+async fn release_one(r: Released) {
+    let info = r.consumer.cached_info();
+    let (stream, durable) = (info.stream_name.clone(), info.name.clone());
+    let deadline = Instant::now() + RELEASE_WAIT_MAX;
+    while r.held.count_of(&durable) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Messages the server had sent to the dropped pull but that never reached us are due for
+    // redelivery after their ack wait; the server serves due redeliveries before new messages,
+    // so waiting that long lets the next owner start with them, in order.
+    tokio::time::sleep(r.ack_wait_first + Duration::from_millis(100)).await;
+    let unpinned = async {
+        r.js.get_stream(&stream)
+            .await?
+            .unpin_consumer(&durable, crate::streams::OWNER_GROUP)
+            .await?;
+        Ok::<(), async_nats::Error>(())
+    };
+    if let Err(e) = unpinned.await {
+        tracing::warn!(consumer = r.name, %durable, error = %e, "unpin failed; the pin expires by itself");
     }
 }
 

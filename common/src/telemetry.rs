@@ -69,6 +69,9 @@ pub mod names {
     pub const OPERATOR_REQUESTS: &str = "paystream_operator_requests_total";
     pub const PSP_CREDENTIALS_REFUSED: &str = "paystream_psp_credentials_refused";
     pub const PSP_CALLS_WITHHELD: &str = "paystream_psp_calls_withheld_total";
+    pub const CONSUMER_LAG: &str = "paystream_consumer_lag";
+    pub const LEDGER_IMBALANCE: &str = "paystream_ledger_imbalance_minor";
+    pub const PAYMENTS_UNKNOWN_OLDEST: &str = "paystream_payments_unknown_oldest_seconds";
 }
 
 /// Kinds of `-ERR` the NATS server reports to a connection.
@@ -78,6 +81,10 @@ pub const NATS_SERVER_ERROR_KINDS: [&str; 4] =
 pub const OPERATOR_ACTIONS: [&str; 3] = ["dlq.redrive", "dlq.purge", "recon.run"];
 /// What became of an operator request: done, refused (no trustworthy identity), failed.
 pub const OPERATOR_OUTCOMES: [&str; 3] = ["ok", "refused", "error"];
+
+/// Services whose consumer lag is reported: the durable consumers they own are named after them
+/// (`wallet`, or `wallet-p3` once consumers are per partition).
+pub const LAG_SERVICES: [&str; 4] = ["payment", "wallet", "ledger", "dlq"];
 
 /// Consumers whose series are pre-registered.
 pub const CONSUMERS: [&str; 3] = ["payment", "wallet", "ledger"];
@@ -340,6 +347,23 @@ fn register_catalogue() {
         }
     }
     gauge!(OUTBOX_RELAY_ACTIVE).set(0.0);
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages a service's durable consumers have not finished: num_pending + num_ack_pending."
+    );
+    for service in LAG_SERVICES {
+        gauge!(CONSUMER_LAG, "consumer" => service).set(0.0);
+    }
+    describe_gauge!(
+        LEDGER_IMBALANCE,
+        "Σ debits − Σ credits of the ledger per currency (0 when balanced), from a periodic check."
+    );
+    describe_gauge!(
+        PAYMENTS_UNKNOWN_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest payment in UNKNOWN (0 when none)."
+    );
+    gauge!(PAYMENTS_UNKNOWN_OLDEST).set(0.0);
 }
 
 /// What `/readyz` waits for. Each component flips its flag; ready means all set.
