@@ -284,7 +284,7 @@ pub async fn connect_reporting(
     loop {
         match connect_once(cfg, &url, &auth, name, errors).await {
             Ok(c) => return Ok(c),
-            Err(e) if retry && !e.is_permanent() => {
+            Err(e) if retry && !e.is_permanent() && !crate::shutdown::signalled() => {
                 tracing::warn!(error = %e, ?delay, "NATS not reachable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

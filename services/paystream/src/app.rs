@@ -191,6 +191,7 @@ pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<Data
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {},
                     () = stop.wait() => anyhow::bail!("shut down while waiting for the database"),
+                    () = shutdown::signal() => anyhow::bail!("stopped by a signal while waiting for the database"),
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -331,6 +332,7 @@ async fn start_parts(
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {},
                     () = stop.wait() => anyhow::bail!("shut down while waiting for NATS"),
+                    () = shutdown::signal() => anyhow::bail!("stopped by a signal while waiting for NATS"),
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

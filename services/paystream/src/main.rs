@@ -57,6 +57,13 @@ fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Up | Command::Serve { .. } | Command::PspSim
+    ) {
+        // A SIGTERM during start-up is a graceful stop once started, not a kill mid-start.
+        paystream_common::shutdown::listen_for_signals();
+    }
     let cfg = cli.config;
     match cli.command {
         Command::Up => {

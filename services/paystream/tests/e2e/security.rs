@@ -492,6 +492,18 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         },
     )
     .await;
+    // Wallet and ledger are separate consumers: the ledger may apply the event a moment later.
+    eventually(Duration::from_secs(20), "the ledger balances", || async {
+        cli(&["ledger", "check", "--json"]).status.success()
+    })
+    .await;
+    // The operator endpoints are the last part `up` starts: purge (a no-op here) once they answer.
+    eventually(
+        Duration::from_secs(20),
+        "the operator endpoint answers",
+        || async { cli(&["dlq", "purge", "--all", "--json"]).status.success() },
+    )
+    .await;
     for args in [
         &["status", payment_id.as_str(), "--json"][..],
         &["balance", "m-up", "--json"],
