@@ -87,6 +87,54 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A database URL whose `Debug` hides the password (`postgres://user:***@host/db`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// The URL with its password replaced by `***`, for logs and messages.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+/// Drops the password from a `scheme://user:password@host…` URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// NATS server(s), comma-separated. Unset: `up` starts its own nats-server and the client
@@ -95,7 +143,7 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// `sqlite://…` or `postgres://…`. Unset: `<data dir>/paystream.sqlite`.
     #[arg(long, env = "DATABASE_URL", global = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// SQLite file, reports, the embedded NATS store.
     #[arg(
         long,
@@ -115,6 +163,23 @@ pub struct Config {
     /// PSP base URL. When set, `up` starts no simulator.
     #[arg(long, env = "PAYSTREAM_PSP_URL", global = true)]
     pub psp_url: Option<String>,
+    /// NATS user name (with `PAYSTREAM_NATS_PASSWORD`). Unset, with `up`'s embedded server: the
+    /// user for the command's role, from `<data dir>/nats-users.json`.
+    #[arg(long, env = "PAYSTREAM_NATS_USER", global = true)]
+    pub nats_user: Option<String>,
+    #[arg(
+        long,
+        env = "PAYSTREAM_NATS_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub nats_password: Option<Secret>,
+    /// A NATS creds file (JWT + nkey seed), instead of user and password.
+    #[arg(long, env = "PAYSTREAM_NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS server's certificate; when set, TLS is required.
+    #[arg(long, env = "PAYSTREAM_NATS_TLS_CA", global = true)]
+    pub nats_tls_ca: Option<PathBuf>,
     /// Sent as `Authorization: Bearer …` to the PSP.
     #[arg(
         long,
@@ -246,7 +311,7 @@ impl Config {
     /// The database URL in force: `DATABASE_URL`, or the SQLite file in the data dir.
     pub fn database_url(&self) -> String {
         match &self.database_url {
-            Some(u) => u.clone(),
+            Some(u) => u.0.clone(),
             None => format!(
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join("paystream.sqlite").display()
@@ -269,6 +334,11 @@ impl Config {
     /// File through which `up` tells client commands where its embedded NATS listens.
     pub fn nats_url_file(&self) -> PathBuf {
         self.data_dir.join("nats.url")
+    }
+
+    /// The passwords `up` generated for its embedded NATS users (mode 0600).
+    pub fn nats_users_file(&self) -> PathBuf {
+        self.data_dir.join("nats-users.json")
     }
 }
 
@@ -294,6 +364,33 @@ mod tests {
     fn secrets_stay_out_of_debug() {
         let s = Secret("hunter2".into());
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn config_debug_redacts_every_secret() {
+        let cfg = Config::load_from([
+            "paystream",
+            "--database-url=postgres://pay:db-s3cret@db.internal:5432/paystream",
+            "--nats-user=paystream",
+            "--nats-password=nats-s3cret",
+            "--psp-api-key=psp-s3cret",
+            "--psp-sim-api-key=sim-s3cret",
+        ])
+        .unwrap();
+        let debug = format!("{cfg:?}");
+        for secret in ["db-s3cret", "nats-s3cret", "psp-s3cret", "sim-s3cret"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("postgres://pay:***@db.internal:5432/paystream"));
+        assert_eq!(
+            cfg.database_url(),
+            "postgres://pay:db-s3cret@db.internal:5432/paystream"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/x.sqlite?mode=rwc"),
+            "sqlite://./data/x.sqlite?mode=rwc"
+        );
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
     }
 }
 

@@ -68,6 +68,28 @@ fn version_at_least(text: &str, min: (u32, u32)) -> bool {
     (major, minor) >= min
 }
 
+/// paystream's accounts, users and permissions: the file `nats/server.conf` includes.
+pub const ACCOUNTS_CONF: &str = include_str!("../../nats/accounts.conf");
+
+/// The configuration lines that give a server paystream's users with these passwords (user →
+/// password, for every name in `nats::USERS`): the `$NATS_<USER>_PASSWORD` variables that
+/// `accounts.conf` reads, defined in the file itself, then `accounts.conf`.
+pub fn secure_conf(
+    passwords: &std::collections::BTreeMap<String, crate::config::Secret>,
+) -> String {
+    let mut conf = String::new();
+    for (user, password) in passwords {
+        // Generated passwords are hex; anything else is escaped as a quoted string.
+        let quoted = serde_json::to_string(&password.0).unwrap_or_default();
+        conf.push_str(&format!(
+            "NATS_{}_PASSWORD: {quoted}\n",
+            user.to_ascii_uppercase()
+        ));
+    }
+    conf.push_str(ACCOUNTS_CONF);
+    conf
+}
+
 /// Options of one server process.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -138,12 +160,13 @@ impl NatsServer {
             self.opts.extra_conf
         );
         let conf_path = store.join("nats-server.conf");
-        tokio::fs::write(&conf_path, conf)
-            .await
-            .map_err(|source| NatsServerError::Io {
+        // It may hold passwords: readable by its owner only.
+        crate::nats::write_private(&conf_path, conf.as_bytes()).map_err(|source| {
+            NatsServerError::Io {
                 path: conf_path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let log = self.log_path();
         // A restart must not read the previous run's "Listening" line.
         let _ = tokio::fs::remove_file(&log).await;

@@ -65,10 +65,22 @@ pub mod names {
     pub const PARTITION_HANDOVERS: &str = "paystream_partition_handovers_total";
     pub const MEMBERS_LIVE: &str = "paystream_members_live";
     pub const OUTBOX_RELAY_ACTIVE: &str = "paystream_outbox_relay_active";
+    pub const NATS_SERVER_ERRORS: &str = "paystream_nats_server_errors_total";
+    pub const OPERATOR_REQUESTS: &str = "paystream_operator_requests_total";
+    pub const PSP_CREDENTIALS_REFUSED: &str = "paystream_psp_credentials_refused";
+    pub const PSP_CALLS_WITHHELD: &str = "paystream_psp_calls_withheld_total";
     pub const CONSUMER_LAG: &str = "paystream_consumer_lag";
     pub const LEDGER_IMBALANCE: &str = "paystream_ledger_imbalance_minor";
     pub const PAYMENTS_UNKNOWN_OLDEST: &str = "paystream_payments_unknown_oldest_seconds";
 }
+
+/// Kinds of `-ERR` the NATS server reports to a connection.
+pub const NATS_SERVER_ERROR_KINDS: [&str; 4] =
+    ["permission", "authorization", "slow_consumer", "other"];
+/// Mutating operator endpoints (`paystream.dlq.redrive`, …), as audit actions.
+pub const OPERATOR_ACTIONS: [&str; 3] = ["dlq.redrive", "dlq.purge", "recon.run"];
+/// What became of an operator request: done, refused (no trustworthy identity), failed.
+pub const OPERATOR_OUTCOMES: [&str; 3] = ["ok", "refused", "error"];
 
 /// Services whose consumer lag is reported: the durable consumers they own are named after them
 /// (`wallet`, or `wallet-p3` once consumers are per partition).
@@ -204,6 +216,34 @@ fn register_catalogue() {
         "1 when streams, consumers and the database are ready."
     );
 
+    describe_counter!(
+        NATS_SERVER_ERRORS,
+        "Errors the NATS server reported to this process, by kind (permission: a subject this user may not use)."
+    );
+    describe_counter!(
+        OPERATOR_REQUESTS,
+        "Mutating operator requests over NATS, by action and outcome (refused: no server-stamped identity)."
+    );
+    describe_gauge!(
+        PSP_CREDENTIALS_REFUSED,
+        "1 while PSP calls are withheld because the PSP refused our credentials (401/403)."
+    );
+    describe_counter!(
+        PSP_CALLS_WITHHELD,
+        "PSP calls not sent because the PSP refused our credentials moments ago, by operation."
+    );
+    gauge!(PSP_CREDENTIALS_REFUSED).set(0.0);
+    for op in PSP_OPS {
+        counter!(PSP_CALLS_WITHHELD, "op" => op).absolute(0);
+    }
+    for kind in NATS_SERVER_ERROR_KINDS {
+        counter!(NATS_SERVER_ERRORS, "kind" => kind).absolute(0);
+    }
+    for action in OPERATOR_ACTIONS {
+        for outcome in OPERATOR_OUTCOMES {
+            counter!(OPERATOR_REQUESTS, "action" => action, "outcome" => outcome).absolute(0);
+        }
+    }
     for kind in ["request", "cancel"] {
         for format in ["json", "msgpack"] {
             counter!(INGRESS_MESSAGES, "kind" => kind, "format" => format).absolute(0);

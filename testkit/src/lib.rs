@@ -2,8 +2,10 @@
 //! temporary store, killable and restartable) and its own fresh database: a SQLite file, or a new
 //! PostgreSQL database when `PAYSTREAM_TEST_DATABASE_URL` points at a server (dropped afterwards).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use paystream_common::config::Secret;
 use paystream_common::nats_server::{NatsServer, ServerOptions};
 use sea_orm::{ConnectionTrait, Database};
 use tempfile::TempDir;
@@ -29,6 +31,8 @@ pub fn nats_server_bin() -> PathBuf {
 /// A nats-server of the test's own, killed when dropped.
 pub struct TestNats {
     pub server: NatsServer,
+    /// user → password when started with paystream's users (`start_secure`).
+    pub passwords: BTreeMap<String, Secret>,
     _dir: TempDir,
 }
 
@@ -45,7 +49,66 @@ impl TestNats {
         })
         .await
         .expect("nats-server 2.15 starts");
-        Self { server, _dir: dir }
+        Self {
+            server,
+            passwords: BTreeMap::new(),
+            _dir: dir,
+        }
+    }
+
+    /// With nats/accounts.conf: paystream's four users (random passwords), no anonymous access.
+    pub async fn start_secure() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let passwords: BTreeMap<String, Secret> = paystream_common::nats::USERS
+            .iter()
+            .map(|u| {
+                (
+                    (*u).to_owned(),
+                    Secret(format!("{u}-{}", uuid::Uuid::new_v4().simple())),
+                )
+            })
+            .collect();
+        let server = NatsServer::start(ServerOptions {
+            bin: nats_server_bin(),
+            store_dir: dir.path().to_path_buf(),
+            port: 0,
+            sync_interval: None,
+            extra_conf: paystream_common::nats_server::secure_conf(&passwords),
+        })
+        .await
+        .expect("nats-server 2.15 starts with nats/accounts.conf");
+        Self {
+            server,
+            passwords,
+            _dir: dir,
+        }
+    }
+
+    /// With extra configuration (e.g. a `tls {}` block); no users.
+    pub async fn start_with_conf(extra_conf: String) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = NatsServer::start(ServerOptions {
+            bin: nats_server_bin(),
+            store_dir: dir.path().to_path_buf(),
+            port: 0,
+            sync_interval: None,
+            extra_conf,
+        })
+        .await
+        .expect("nats-server 2.15 starts");
+        Self {
+            server,
+            passwords: BTreeMap::new(),
+            _dir: dir,
+        }
+    }
+
+    /// The password of one of paystream's users (`start_secure` only).
+    pub fn password(&self, user: &str) -> String {
+        self.passwords
+            .get(user)
+            .map(|s| s.0.clone())
+            .expect("a server started with start_secure")
     }
 
     pub fn url(&self) -> String {

@@ -75,12 +75,20 @@ pub trait Psp: Send + Sync + 'static {
     fn lookup(&self, payment_id: PaymentId) -> impl Future<Output = Lookup> + Send;
 }
 
+/// After the PSP refuses our credentials (401/403, or a charge endpoint that does not exist), no
+/// call is sent for this long: a wrong key pages (`paystream_psp_credentials_refused`), it does
+/// not keep hammering the PSP with calls that cannot succeed. The payments wait (EXECUTING) and
+/// complete once the key is fixed.
+pub const CREDENTIALS_HOLD: Duration = Duration::from_secs(30);
+
 /// The HTTP adapter.
 #[derive(Clone)]
 pub struct HttpPsp {
     base: String,
     client: reqwest::Client,
     api_key: Option<String>,
+    /// Until when calls are withheld after a credentials refusal (shared by clones).
+    refused_until: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +114,28 @@ impl HttpPsp {
             base: base.trim_end_matches('/').to_owned(),
             client,
             api_key,
+            refused_until: Default::default(),
         })
+    }
+
+    /// Why a call to `op` is not sent now, while a credentials refusal holds.
+    fn withheld(&self, op: &'static str) -> Option<String> {
+        let until = (*self.refused_until.lock().ok()?)?;
+        let left = until.checked_duration_since(Instant::now())?;
+        counter!(names::PSP_CALLS_WITHHELD, "op" => op).increment(1);
+        Some(format!(
+            "not calling the PSP for {}s more: it refused our credentials \
+             (check PAYSTREAM_PSP_URL and PAYSTREAM_PSP_API_KEY)",
+            left.as_secs() + 1
+        ))
+    }
+
+    /// Starts (a refusal) or ends (any other answer) the hold.
+    fn note_credentials(&self, refused: bool) {
+        if let Ok(mut until) = self.refused_until.lock() {
+            *until = refused.then(|| Instant::now() + CREDENTIALS_HOLD);
+        }
+        metrics::gauge!(names::PSP_CREDENTIALS_REFUSED).set(if refused { 1.0 } else { 0.0 });
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -124,6 +153,9 @@ impl HttpPsp {
         key: PaymentId,
         body: &impl Serialize,
     ) -> PspOutcome {
+        if let Some(error) = self.withheld(op) {
+            return PspOutcome::ConfigError { error };
+        }
         let started = Instant::now();
         let sent = self
             .request(reqwest::Method::POST, path)
@@ -186,6 +218,7 @@ impl HttpPsp {
         };
         counter!(names::PSP_REQUESTS, "op" => op, "outcome" => label).increment(1);
         histogram!(names::PSP_REQUEST_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+        self.note_credentials(matches!(outcome, PspOutcome::ConfigError { .. }));
         outcome
     }
 }
@@ -229,6 +262,9 @@ impl Psp for HttpPsp {
     }
 
     async fn lookup(&self, payment_id: PaymentId) -> Lookup {
+        if let Some(error) = self.withheld("lookup") {
+            return Lookup::ConfigError { error };
+        }
         let started = Instant::now();
         let sent = self
             .request(reqwest::Method::GET, &format!("/v1/payments/{payment_id}"))
@@ -263,6 +299,7 @@ impl Psp for HttpPsp {
         counter!(names::PSP_REQUESTS, "op" => "lookup", "outcome" => label).increment(1);
         histogram!(names::PSP_REQUEST_DURATION, "op" => "lookup")
             .record(started.elapsed().as_secs_f64());
+        self.note_credentials(matches!(result, Lookup::ConfigError { .. }));
         result
     }
 }

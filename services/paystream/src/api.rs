@@ -1,7 +1,13 @@
 //! The NATS micro service `paystream`: the query commands and the dead-letter operator actions as
 //! request/reply endpoints under `paystream.>` (`$SRV.PING|INFO|STATS` answer too, so
 //! `nats micro ls` finds it). Bodies and answers are the JSON of the CLI's `--json`; errors carry
-//! `Nats-Service-Error` and `Nats-Service-Error-Code` (400 bad request, 404 not found, 500).
+//! `Nats-Service-Error` and `Nats-Service-Error-Code` (400 bad request, 403 no caller identity,
+//! 404 not found, 500).
+//!
+//! Mutating endpoints (`paystream.dlq.redrive`, `paystream.dlq.purge`, and any added later, such
+//! as `paystream.recon.run`) are served with [`serve_operator`]: it names the caller from the
+//! server-stamped identity (`crate::identity`), refuses a request without one, and hands the
+//! caller to the action, which audits under that name.
 
 use std::future::Future;
 
@@ -10,6 +16,7 @@ use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use paystream_common::shutdown::Shutdown;
+use paystream_common::telemetry::names;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -18,12 +25,9 @@ use tokio::task::JoinSet;
 use crate::dlq::{self, DlqError, Selection};
 use crate::queries::{self, QueryError};
 
-/// Who operator actions over NATS are recorded as, until requests carry an authenticated identity.
-const ACTOR: &str = "nats";
-
-struct ApiError {
-    code: usize,
-    status: String,
+pub struct ApiError {
+    pub code: usize,
+    pub status: String,
 }
 
 impl From<QueryError> for ApiError {
@@ -147,6 +151,72 @@ async fn serve<F, Fut>(
     }
 }
 
+/// Answers one mutating operator endpoint until shutdown: each request's caller is taken from
+/// the server-stamped `Nats-Request-Info` header and passed to `handler`, which must audit under
+/// that name; a request without a trustworthy identity is refused (403) and the refusal audited.
+pub async fn serve_operator<F, Fut>(
+    mut endpoint: service::endpoint::Endpoint,
+    action: &'static str,
+    client: async_nats::Client,
+    db: DatabaseConnection,
+    mut shutdown: Shutdown,
+    handler: F,
+) where
+    F: Fn(Bytes, String) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Bytes, ApiError>> + Send,
+{
+    loop {
+        let request = tokio::select! {
+            r = endpoint.next() => r,
+            () = shutdown.wait() => None,
+        };
+        let Some(request) = request else { break };
+        let auth_required = client.server_info().auth_required;
+        let answer = match crate::identity::caller(request.message.headers.as_ref(), auth_required)
+        {
+            Ok(actor) => {
+                let answer = handler(request.message.payload.clone(), actor.clone()).await;
+                let outcome = if answer.is_ok() { "ok" } else { "error" };
+                metrics::counter!(names::OPERATOR_REQUESTS, "action" => action, "outcome" => outcome)
+                    .increment(1);
+                tracing::info!(action, actor, outcome, "operator request");
+                answer
+            }
+            Err(e) => {
+                metrics::counter!(names::OPERATOR_REQUESTS, "action" => action, "outcome" => "refused")
+                    .increment(1);
+                tracing::warn!(action, error = %e, "operator request refused");
+                let refused = format!("refused: {e}");
+                match crate::audit::record(
+                    &db,
+                    "unknown",
+                    action,
+                    &request.message.subject,
+                    &refused,
+                )
+                .await
+                {
+                    Ok(()) => Err(ApiError {
+                        code: 403,
+                        status: e.to_string(),
+                    }),
+                    Err(db_err) => Err(ApiError {
+                        code: 500,
+                        status: format!("{e}; and auditing the refusal failed: {db_err}"),
+                    }),
+                }
+            }
+        };
+        let answer = answer.map_err(|e| service::error::Error {
+            status: e.status,
+            code: e.code,
+        });
+        if let Err(e) = request.respond(answer).await {
+            tracing::warn!(error = %e, "could not answer a service request");
+        }
+    }
+}
+
 pub async fn start(
     client: async_nats::Client,
     db: DatabaseConnection,
@@ -207,14 +277,17 @@ pub async fn start(
         },
     ));
     let (d, j) = (db.clone(), js.clone());
-    tasks.spawn(serve(
+    tasks.spawn(serve_operator(
         dlq_group.endpoint("redrive").await?,
+        "dlq.redrive",
+        client.clone(),
+        db.clone(),
         shutdown.clone(),
-        move |p| {
+        move |p, actor| {
             let (d, j) = (d.clone(), j.clone());
             async move {
                 let sel = body::<SelectionBody>(&p)?.selection()?;
-                json(&serde_json::json!({ "redriven": dlq::redrive(&j, &d, &sel, ACTOR).await? }))
+                json(&serde_json::json!({ "redriven": dlq::redrive(&j, &d, &sel, &actor).await? }))
             }
         },
     ));
@@ -233,15 +306,18 @@ pub async fn start(
             }
         },
     ));
-    let (d, j) = (db, js);
-    tasks.spawn(serve(
+    let (d, j) = (db.clone(), js);
+    tasks.spawn(serve_operator(
         dlq_group.endpoint("purge").await?,
+        "dlq.purge",
+        client.clone(),
+        db,
         shutdown.clone(),
-        move |p| {
+        move |p, actor| {
             let (d, j) = (d.clone(), j.clone());
             async move {
                 let sel = body::<SelectionBody>(&p)?.selection()?;
-                json(&serde_json::json!({ "purged": dlq::purge(&j, &d, &sel, ACTOR).await? }))
+                json(&serde_json::json!({ "purged": dlq::purge(&j, &d, &sel, &actor).await? }))
             }
         },
     ));

@@ -191,6 +191,7 @@ pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<Data
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {},
                     () = stop.wait() => anyhow::bail!("shut down while waiting for the database"),
+                    () = shutdown::signal() => anyhow::bail!("stopped by a signal while waiting for the database"),
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -198,7 +199,24 @@ pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<Data
     }
 }
 
+/// Starts the parts asked for. A permission the NATS server refuses this process while it starts
+/// (creating a stream or a consumer, serving an endpoint) ends the start at once with the
+/// server's reason: the request it refused would otherwise only time out.
 pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
+    let nats_errors = nats::ServerErrors::default();
+    tokio::select! {
+        app = start_parts(cfg, parts, nats_errors.clone()) => app,
+        refusal = nats_errors.refused() => anyhow::bail!(
+            "starting: NATS refused this user ({refusal}); see nats/accounts.conf"
+        ),
+    }
+}
+
+async fn start_parts(
+    cfg: Config,
+    parts: Parts,
+    nats_errors: nats::ServerErrors,
+) -> anyhow::Result<App> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     if let Some(spec) = &cfg.failpoints {
         paystream_common::failpoint::arm(spec).map_err(anyhow::Error::msg)?;
@@ -220,14 +238,22 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     let mut cfg = cfg;
     if cfg.nats_url.is_none() && parts.nats_server {
         let bin = nats_server::locate(cfg.nats_server_bin.as_deref()).await?;
+        // Secure by default: the same accounts and users as nats/server.conf, with passwords
+        // generated into the data dir (0600) where client commands find them.
+        let users = nats::embedded_users(&cfg)
+            .with_context(|| format!("writing {}", cfg.nats_users_file().display()))?;
         let server = NatsServer::start(ServerOptions {
             bin,
             store_dir: cfg.data_dir.join("nats"),
             port: cfg.embedded_nats_port,
             sync_interval: None,
-            extra_conf: String::new(),
+            extra_conf: nats_server::secure_conf(&users),
         })
         .await?;
+        if cfg.nats_user.is_none() && cfg.nats_creds.is_none() {
+            cfg.nats_user = Some(nats::Role::Service.user().to_owned());
+            cfg.nats_password = users.get(nats::Role::Service.user()).cloned();
+        }
         let url = server.url();
         std::fs::create_dir_all(&cfg.data_dir)?;
         std::fs::write(cfg.nats_url_file(), &url)
@@ -275,7 +301,8 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     app.db = Some(conn.clone());
 
     let streams_ready = readiness.component("streams");
-    let client = nats::connect(&cfg, "paystream", true).await?;
+    let client =
+        nats::connect_reporting(&cfg, "paystream", nats::Role::Service, true, &nats_errors).await?;
     // From here on `/readyz` follows both connections at run time, not only at start-up.
     let nats_ready = readiness.component("nats");
     app.tasks.spawn(health::watch(
@@ -305,6 +332,7 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {},
                     () = stop.wait() => anyhow::bail!("shut down while waiting for NATS"),
+                    () = shutdown::signal() => anyhow::bail!("stopped by a signal while waiting for NATS"),
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -346,7 +346,7 @@ async fn run_in(
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("bench.sqlite").display()));
     let bench_cfg = Config {
         nats_url: Some(server.url()),
-        database_url: Some(db_url),
+        database_url: Some(db_url.into()),
         data_dir: dir.to_path_buf(),
         http_addr: "127.0.0.1:0".parse()?,
         psp_url: None,

@@ -125,7 +125,8 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Republish the originals for reprocessing (effects stay exactly-once), then remove the entries.
+    /// Republish the originals for reprocessing (effects stay exactly-once), then remove the
+    /// entries. Goes through the `paystream.dlq.redrive` endpoint (NATS permissions decide).
     Redrive {
         #[arg(required_unless_present = "all")]
         ids: Vec<u64>,
@@ -134,6 +135,10 @@ pub enum DlqCommand {
         /// With --all: only this consumer's dead letters.
         #[arg(long, requires = "all")]
         consumer: Option<String>,
+        /// Act here with the services' NATS and database access (audited as PAYSTREAM_ACTOR)
+        /// instead of asking the `paystream.dlq.redrive` endpoint as the operator user.
+        #[arg(long)]
+        direct: bool,
         #[arg(long)]
         json: bool,
     },
@@ -145,6 +150,10 @@ pub enum DlqCommand {
         all: bool,
         #[arg(long, requires = "all")]
         consumer: Option<String>,
+        /// Act here (services' access, audited as PAYSTREAM_ACTOR) instead of asking the
+        /// `paystream.dlq.purge` endpoint as the operator user.
+        #[arg(long)]
+        direct: bool,
         #[arg(long)]
         json: bool,
     },

@@ -9,5 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod dlq;
 pub mod dlq_watch;
+pub mod identity;
+pub mod operator;
 pub mod output;
 pub mod queries;

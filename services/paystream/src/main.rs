@@ -38,6 +38,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `work` unless the NATS server refuses this user something meanwhile (its `-ERR` would
+/// otherwise leave `work` waiting for a JetStream ack until the timeout).
+async fn unless_refused<T>(
+    errors: &nats::ServerErrors,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = work => r,
+        refusal = errors.refused() => anyhow::bail!("NATS refused this user: {refusal}"),
+    }
+}
+
 /// A usage error found after parsing (a value clap cannot check): exit 2.
 fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
     eprintln!("error: {msg}");
@@ -45,6 +57,13 @@ fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Up | Command::Serve { .. } | Command::PspSim
+    ) {
+        // A SIGTERM during start-up is a graceful stop once started, not a kill mid-start.
+        paystream_common::shutdown::listen_for_signals();
+    }
     let cfg = cli.config;
     match cli.command {
         Command::Up => {
@@ -82,7 +101,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let (_trigger, stop) = paystream_common::shutdown::channel();
             app::connect_db(&cfg, stop).await?;
-            println!("migrations applied to {}", redact_url(&cfg.database_url()));
+            println!(
+                "migrations applied to {}",
+                paystream_common::config::redact_url(&cfg.database_url())
+            );
         }
         Command::Pay {
             buyer,
@@ -104,8 +126,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(r) => r,
                 Err(e) => return usage(e),
             };
-            let js = nats::jetstream(nats::connect(&cfg, "paystream-cli", false).await?);
-            let receipt = client::pay(&js, &req).await?;
+            let (client, errors) =
+                nats::connect_as(&cfg, "paystream-cli", nats::Role::Checkout, false).await?;
+            let receipt =
+                unless_refused(&errors, client::pay(&nats::jetstream(client), &req)).await?;
             emit(json, &receipt, || receipt.table());
         }
         Command::Cancel {
@@ -123,8 +147,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Err(e), _) => return usage(format!("payment_id: {e}")),
                 (_, Err(e)) => return usage(format!("buyer: {e}")),
             };
-            let js = nats::jetstream(nats::connect(&cfg, "paystream-cli", false).await?);
-            let receipt = client::cancel(&js, &req).await?;
+            let (client, errors) =
+                nats::connect_as(&cfg, "paystream-cli", nats::Role::Checkout, false).await?;
+            let receipt =
+                unless_refused(&errors, client::cancel(&nats::jetstream(client), &req)).await?;
             emit(json, &receipt, || receipt.table());
         }
         Command::Status { payment_id, json } => {
@@ -182,7 +208,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `dlq redrive|purge` without `--direct`: through the operator endpoint, as the operator user.
+async fn dlq_over_nats(
+    cfg: &Config,
+    subject: &str,
+    ids: Vec<u64>,
+    all: bool,
+    consumer: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let (client, errors) =
+        nats::connect_as(cfg, "paystream-cli", nats::Role::Operator, false).await?;
+    let body = if all {
+        serde_json::json!({ "all": true, "consumer": consumer })
+    } else {
+        serde_json::json!({ "ids": ids })
+    };
+    Ok(paystream::operator::request(&client, &errors, subject, &body).await?)
+}
+
 async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::Redrive {
+            ids,
+            all,
+            consumer,
+            direct: false,
+            json,
+        } => {
+            let out = dlq_over_nats(cfg, "paystream.dlq.redrive", ids, all, consumer).await?;
+            emit(json, &out, || format!("redriven: {}\n", out["redriven"]));
+            return Ok(ExitCode::SUCCESS);
+        }
+        DlqCommand::Purge {
+            ids,
+            all,
+            consumer,
+            direct: false,
+            json,
+        } => {
+            let out = dlq_over_nats(cfg, "paystream.dlq.purge", ids, all, consumer).await?;
+            emit(json, &out, || format!("purged: {}\n", out["purged"]));
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let js = nats::jetstream(nats::connect(cfg, "paystream-cli", false).await?);
     let conn = db::connect(&cfg.database_url()).await?;
     let selection = |ids: Vec<u64>, all: bool, consumer: Option<String>| {
@@ -208,6 +277,7 @@ async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> 
             all,
             consumer,
             json,
+            ..
         } => {
             let n = dlq::redrive(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?;
             let out = serde_json::json!({ "redriven": n });
@@ -218,6 +288,7 @@ async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> 
             all,
             consumer,
             json,
+            ..
         } => {
             let n = dlq::purge(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?;
             let out = serde_json::json!({ "purged": n });
@@ -254,18 +325,4 @@ fn build_payment(
         currency: Currency::parse(currency).map_err(|e| format!("currency: {e}"))?,
         metadata,
     })
-}
-
-/// Drops the password from a database URL before printing it.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

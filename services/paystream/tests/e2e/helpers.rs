@@ -47,7 +47,34 @@ impl Env {
     /// `sync_always`: the nats-server fsyncs every write (for tests that restart it).
     pub async fn start_with(backend: Backend, extra: &[&str], sync_always: bool) -> Option<Self> {
         let db = TestDb::new(backend).await?;
-        let nats = TestNats::start(sync_always).await;
+        Some(Self::start_on(TestNats::start(sync_always).await, db, extra).await)
+    }
+
+    /// On a server with nats/accounts.conf; the services authenticate as `paystream`.
+    pub async fn start_secure(backend: Backend, extra: &[&str]) -> Option<Self> {
+        let db = TestDb::new(backend).await?;
+        let nats = TestNats::start_secure().await;
+        let user = "--nats-user=paystream".to_owned();
+        let password = format!("--nats-password={}", nats.password("paystream"));
+        let mut args = vec![user.as_str(), password.as_str()];
+        args.extend_from_slice(extra);
+        Some(Self::start_on(nats, db, &args).await)
+    }
+
+    /// A client of the secure server as one of paystream's users, with the server errors it sees.
+    pub async fn client_as(&self, user: &str) -> (async_nats::Client, nats::ServerErrors) {
+        let cfg = Config {
+            nats_user: Some(user.to_owned()),
+            nats_password: Some(paystream_common::config::Secret(self.nats.password(user))),
+            ..self.cfg.clone()
+        };
+        nats::connect_as(&cfg, user, nats::Role::Service, false)
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+    }
+
+    /// On a server the test started itself (e.g. with TLS).
+    pub async fn start_on(nats: TestNats, db: TestDb, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let cfg = config(&nats.url(), &db.url, data.path(), extra);
         let app = app::start(cfg.clone(), Parts::all())
@@ -62,7 +89,7 @@ impl Env {
         };
         env.cfg.psp_url = env.app().psp_url.clone();
         env.wait_ready().await;
-        Some(env)
+        env
     }
 
     pub fn app(&self) -> &App {
@@ -192,6 +219,19 @@ pub async fn wait_settled(db: &DatabaseConnection, payments: i64, timeout: Durat
 /// The simulator's whole-store counters.
 pub async fn sim_stats(psp_url: &str) -> serde_json::Value {
     reqwest::get(format!("{psp_url}/v1/sim/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
+
+/// The same, from a simulator that requires a bearer key.
+pub async fn sim_stats_with_key(psp_url: &str, key: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{psp_url}/v1/sim/stats"))
+        .bearer_auth(key)
+        .send()
         .await
         .expect("stats")
         .json()

@@ -17,6 +17,8 @@ mod nats_restart;
 mod ops;
 mod ordering;
 mod scale;
+mod security;
 mod sweeper;
+mod tls;
 mod topology;
 mod up;

@@ -147,8 +147,16 @@ async fn up_embedded() {
         }
     })
     .await;
-    let check = paystream(data.path(), &["ledger", "check", "--json"]);
-    assert!(check.status.success());
+    // Wallet and ledger are separate consumers: the ledger may apply the event a moment later.
+    eventually(Duration::from_secs(20), "the ledger balances", || {
+        let dir = dir.clone();
+        async move {
+            paystream(&dir, &["ledger", "check", "--json"])
+                .status
+                .success()
+        }
+    })
+    .await;
 
     let addr = http_addr(data.path()).expect("up logged its HTTP address");
     let url = format!("http://{addr}/metrics");
@@ -315,7 +323,19 @@ async fn up_sigterm_drains_in_flight_work() {
     })
     .await;
     let nats_url = std::fs::read_to_string(&url_file).unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url.trim()).await.unwrap());
+    // up's server has paystream's users: publish as checkout, with the password up generated.
+    let users: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.path().join("nats-users.json")).unwrap(),
+    )
+    .unwrap();
+    let checkout = async_nats::ConnectOptions::with_user_and_password(
+        "checkout".into(),
+        users["checkout"].as_str().unwrap().into(),
+    )
+    .connect(nats_url.trim())
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(checkout);
     let requests = crate::helpers::requests(PAYMENTS, 40, 5, "drain");
     crate::helpers::publish_all(&js, &requests).await;
     let db_url = format!(
