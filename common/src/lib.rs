@@ -17,6 +17,7 @@ pub mod ingress;
 pub mod money;
 pub mod nats;
 pub mod nats_server;
+pub mod settlement;
 pub mod shutdown;
 pub mod state;
 pub mod streams;
