@@ -53,7 +53,7 @@ pub struct SettlementRow {
 }
 
 /// A line that could not be parsed, with what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("line {line}: {error}")]
 pub struct RowError {
     pub line: u64,

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_init;
 mod m20261125_000002_dead_letters;
+mod m20261201_000003_reconciliation;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_init::Migration),
             Box::new(m20261125_000002_dead_letters::Migration),
+            Box::new(m20261201_000003_reconciliation::Migration),
         ]
     }
 }
