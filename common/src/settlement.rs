@@ -232,7 +232,7 @@ mod tests {
             (line("1000000000001", "charge"), "amount"),
             (line("5", "chargeback"), "type"),
             (
-                format!("ch_1,nope,m-1,charge,5,USD,2026-11-25T00:00:00Z"),
+                "ch_1,nope,m-1,charge,5,USD,2026-11-25T00:00:00Z".to_owned(),
                 "payment_id",
             ),
             (

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::dlq::{self, DlqError, Selection};
 use crate::queries::{self, QueryError};
+use paystream_reconciler::{ReconError, Reconciler};
 
 /// Who operator actions over NATS are recorded as, until requests carry an authenticated identity.
 const ACTOR: &str = "nats";
@@ -46,6 +47,21 @@ impl From<DlqError> for ApiError {
             404
         } else {
             500
+        };
+        Self {
+            code,
+            status: e.to_string(),
+        }
+    }
+}
+
+impl From<ReconError> for ApiError {
+    fn from(e: ReconError) -> Self {
+        let code = match e {
+            ReconError::BadDate(_) => 400,
+            ReconError::NoReport(_) => 404,
+            ReconError::Busy(_) => 409,
+            _ => 500,
         };
         Self {
             code,
@@ -93,6 +109,12 @@ struct ConsumerQuery {
 #[derive(Deserialize)]
 struct IdQuery {
     id: u64,
+}
+
+#[derive(Deserialize)]
+struct ReconQuery {
+    date: String,
+    file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +173,7 @@ pub async fn start(
     client: async_nats::Client,
     db: DatabaseConnection,
     js: jetstream::Context,
+    recon: Reconciler,
     shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), async_nats::Error> {
@@ -242,6 +265,27 @@ pub async fn start(
             async move {
                 let sel = body::<SelectionBody>(&p)?.selection()?;
                 json(&serde_json::json!({ "purged": dlq::purge(&j, &d, &sel, ACTOR).await? }))
+            }
+        },
+    ));
+    let recon_group = root.group("recon");
+    let d = recon.db.clone();
+    tasks.spawn(serve(
+        recon_group.endpoint("report").await?,
+        shutdown.clone(),
+        move |p| {
+            let d = d.clone();
+            async move { json(&crate::recon::report(&d, &body::<ReconQuery>(&p)?.date).await?) }
+        },
+    ));
+    tasks.spawn(serve(
+        recon_group.endpoint("run").await?,
+        shutdown.clone(),
+        move |p| {
+            let r = recon.clone();
+            async move {
+                let q: ReconQuery = body(&p)?;
+                json(&crate::recon::run(&r, &q.date, q.file.as_deref(), ACTOR).await?)
             }
         },
     ));

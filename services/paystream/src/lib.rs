@@ -11,3 +11,4 @@ pub mod dlq;
 pub mod dlq_watch;
 pub mod output;
 pub mod queries;
+pub mod recon;
