@@ -14,6 +14,7 @@ mod happy;
 mod helpers;
 mod nats_restart;
 mod ordering;
+mod recon;
 mod sweeper;
 mod topology;
 mod up;
