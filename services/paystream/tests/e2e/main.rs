@@ -15,6 +15,7 @@ mod helpers;
 mod nats_restart;
 mod ordering;
 mod recon;
+mod recon_file;
 mod sweeper;
 mod topology;
 mod up;

@@ -21,9 +21,17 @@ use serde_json::Value;
 
 use crate::helpers::{Env, eventually, publish_all, scalar, sim_payment};
 
-/// Payments in the day. 10,000 (the issue's figure) fits the ~60 s budget on SQLite in a debug
-/// build on 2 cores; see the test's printed timings.
-const PAYMENTS: usize = 2_000;
+/// Payments in the day. The issue asks for 10,000: that run takes ~65 s on SQLite in a debug
+/// build on 2 cores (54 s of it paying), over the per-test budget, so CI runs 5,000 (~35 s);
+/// `PAYSTREAM_TEST_RECON_PAYMENTS=10000` runs the full day.
+const PAYMENTS_DEFAULT: usize = 5_000;
+
+fn payments() -> usize {
+    std::env::var("PAYSTREAM_TEST_RECON_PAYMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PAYMENTS_DEFAULT)
+}
 const MERCHANTS: usize = 20;
 const UNKNOWN_ROWS: u32 = 7;
 const DRIFT: Drift = Drift {
@@ -199,7 +207,8 @@ async fn day_with_faults(backend: Backend) {
         return;
     };
     let js = nats::jetstream(env.client().await);
-    let requests: Vec<PaymentRequest> = (0..PAYMENTS).map(request).collect();
+    let total = payments();
+    let requests: Vec<PaymentRequest> = (0..total).map(request).collect();
     publish_all(&js, &requests).await;
     let lost = requests
         .iter()
@@ -217,7 +226,7 @@ async fn day_with_faults(backend: Backend) {
             )
             .await;
             let unknown = scalar(db, "SELECT COUNT(*) FROM payments WHERE state = 'UNKNOWN'").await;
-            final_ == (PAYMENTS - lost) as i64 && unknown == lost as i64
+            final_ == (total - lost) as i64 && unknown == lost as i64
         },
     )
     .await;
@@ -454,7 +463,7 @@ async fn day_with_faults(backend: Backend) {
         exp.counts["missing_internal"]
     )));
     eprintln!(
-        "recon day: {PAYMENTS} payments settled in {paid:?}; first run {run_took:?}; whole test {:?}; counts {:?}",
+        "recon day: {total} payments settled in {paid:?}; first run {run_took:?}; whole test {:?}; counts {:?}",
         started.elapsed(),
         exp.counts
     );
@@ -476,4 +485,73 @@ async fn day_with_faults_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn day_with_faults_postgres() {
     day_with_faults(Backend::Postgres).await;
+}
+
+/// The nightly schedule fires at the configured time for the previous day, and two reconciler
+/// instances reconcile that day once.
+async fn scheduled_once(backend: Backend) {
+    let Some(env) = Env::start(backend, &[]).await else {
+        return;
+    };
+    let utc = jiff::tz::TimeZone::UTC;
+    let fire = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(4))
+        .unwrap()
+        .to_zoned_datetime(utc);
+    let at = fire.strftime("%H:%M:%S").to_string();
+    let day = fire.date().yesterday().unwrap().to_string();
+    let flags = [format!("--recon-at={at}"), "--recon-tz=UTC".to_owned()];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = crate::helpers::config(&env.nats.url(), &env.db.url, env.data.path(), &flags);
+        cfg.psp_url = Some(env.psp_url());
+        let parts = paystream::app::Parts {
+            reconciler: true,
+            ..Default::default()
+        };
+        instances.push(paystream::app::start(cfg, parts).await.unwrap());
+    }
+    let db = env.db();
+    let runs = |status: &'static str| {
+        let day = day.clone();
+        async move {
+            scalar(
+                db,
+                &format!("SELECT COUNT(*) FROM recon_runs WHERE date = '{day}' AND status LIKE '{status}'"),
+            )
+            .await
+        }
+    };
+    assert_eq!(runs("%").await, 0, "nothing before the time");
+    eventually(Duration::from_secs(15), "the nightly run", || async {
+        runs("ok").await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        runs("%").await,
+        1,
+        "one run for the day, not one per instance"
+    );
+    let rec = recon::reconciler(&env.cfg, db.clone(), Some(env.psp_url()));
+    let date = paystream_reconciler::parse_date(&day).unwrap();
+    assert!(
+        rec.run_once(date).await.unwrap().is_none(),
+        "an instance that comes late finds the day reconciled"
+    );
+    for app in instances {
+        app.shutdown().await;
+    }
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_once_sqlite() {
+    scheduled_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_once_postgres() {
+    scheduled_once(Backend::Postgres).await;
 }
