@@ -132,7 +132,7 @@ impl MigrationTrait for Migration {
                 .name("recon_rows_by_run")
                 .table(ReconRows::Table)
                 .col(ReconRows::RunId)
-                .col(ReconRows::Line)
+                .col(ReconRows::Id)
                 .to_owned(),
         )
         .await?;

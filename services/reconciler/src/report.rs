@@ -94,24 +94,20 @@ impl From<row::Model> for ReportRow {
 
 const PAGE: u64 = 1_000;
 
-/// The first `REPORT_ROWS_MAX` rows of a run (manual-review ones, or corrected ones).
+/// The first `REPORT_ROWS_MAX` rows of a run of one kind.
 pub async fn listed(
     db: &DatabaseConnection,
     run_id: &str,
-    manual: bool,
+    which: store::Rows,
 ) -> Result<Vec<ReportRow>, ReconError> {
     let mut out = Vec::new();
     let mut after = 0;
     while out.len() < REPORT_ROWS_MAX {
-        let page = store::rows_page(db, run_id, after, PAGE, manual).await?;
+        let page = store::rows_page(db, run_id, after, PAGE, which).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
-        for r in page {
-            let corrected = matches!(r.correction.as_deref(), Some("applied" | "already_applied"));
-            if (manual || corrected) && out.len() < REPORT_ROWS_MAX {
-                out.push(ReportRow::from(r));
-            }
-        }
+        let room = REPORT_ROWS_MAX - out.len();
+        out.extend(page.into_iter().take(room).map(ReportRow::from));
     }
     Ok(out)
 }
@@ -146,7 +142,7 @@ pub async fn write_files(
     .await?;
     let mut after = 0;
     loop {
-        let page = store::rows_page(db, &report.run_id, after, PAGE, false).await?;
+        let page = store::rows_page(db, &report.run_id, after, PAGE, store::Rows::All).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
         let mut text = String::new();

@@ -270,8 +270,8 @@ impl Reconciler {
         }
         self.chunk(&day, run_id, &mut chunk, &mut tally).await?;
         self.unmatched(run_id, bounds, &mut tally).await?;
-        let manual_review = report::listed(&self.db, run_id, true).await?;
-        let corrected = report::listed(&self.db, run_id, false).await?;
+        let manual_review = report::listed(&self.db, run_id, store::Rows::Manual).await?;
+        let corrected = report::listed(&self.db, run_id, store::Rows::Corrected).await?;
         for class in Class::ALL {
             let n = tally.counts.get(&class).copied().unwrap_or(0);
             counter!(names::RECON_ROWS, "class" => class.as_str()).increment(n);
@@ -382,7 +382,11 @@ impl Reconciler {
             }
             judged.push((row, v.class, our_amount, None, v.detail));
         }
-        let fixed = store::apply_fixes(&self.db, day, run_id, &fixes).await?;
+        let fixed = if fixes.is_empty() {
+            Vec::new()
+        } else {
+            store::apply_fixes(&self.db, day, run_id, &fixes).await?
+        };
         let outcome: HashMap<&str, Fixed> = fixes
             .iter()
             .map(|f| f.psp_reference.as_str())

@@ -161,15 +161,19 @@ pub async fn stage(
 ) -> Result<HashSet<u64>, DbErr> {
     let refs: Vec<String> = chunk.iter().map(|s| s.psp_reference.clone()).collect();
     let ids: Vec<String> = chunk.iter().map(|s| s.payment_id.clone()).collect();
-    let earlier = file_row::Entity::find()
+    // Two lookups, each on its own unique index (an OR of both would scan the run's rows).
+    let mut earlier = file_row::Entity::find()
         .filter(file_row::Column::RunId.eq(run_id))
-        .filter(
-            Condition::any()
-                .add(file_row::Column::PspReference.is_in(refs))
-                .add(file_row::Column::PaymentId.is_in(ids)),
-        )
+        .filter(file_row::Column::PspReference.is_in(refs))
         .all(db)
         .await?;
+    earlier.extend(
+        file_row::Entity::find()
+            .filter(file_row::Column::RunId.eq(run_id))
+            .filter(file_row::Column::PaymentId.is_in(ids))
+            .all(db)
+            .await?,
+    );
     let mut seen_refs: HashSet<String> = earlier.iter().map(|r| r.psp_reference.clone()).collect();
     let mut seen_ids: HashSet<(String, String)> = earlier
         .into_iter()
@@ -351,23 +355,39 @@ pub async fn insert_rows(
         .map(|_| ())
 }
 
+/// Which of a run's rows to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    All,
+    /// No automatic correction: manual review.
+    Manual,
+    /// Corrected, by this run or an earlier one.
+    Corrected,
+}
+
 /// A run's rows after `after_id`, in id order (file order, then the payments the file lacks).
 pub async fn rows_page(
     db: &DatabaseConnection,
     run_id: &str,
     after_id: i64,
     limit: u64,
-    manual_only: bool,
+    which: Rows,
 ) -> Result<Vec<row::Model>, DbErr> {
     let mut q = row::Entity::find()
         .filter(row::Column::RunId.eq(run_id))
         .filter(row::Column::Id.gt(after_id));
-    if manual_only {
-        q = q.filter(
-            Condition::any()
-                .add(row::Column::Correction.is_null())
-                .add(row::Column::Correction.eq("skipped")),
-        );
+    match which {
+        Rows::All => {}
+        Rows::Manual => {
+            q = q.filter(
+                Condition::any()
+                    .add(row::Column::Correction.is_null())
+                    .add(row::Column::Correction.eq("skipped")),
+            );
+        }
+        Rows::Corrected => {
+            q = q.filter(row::Column::Correction.is_in(["applied", "already_applied"]));
+        }
     }
     q.order_by_asc(row::Column::Id).limit(limit).all(db).await
 }
