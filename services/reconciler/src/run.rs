@@ -126,6 +126,7 @@ impl Reconciler {
         }
         let started = Instant::now();
         let started_ms = now_ms();
+        store::abandon_stale(&self.db, &day, &run_id).await?;
         store::run_start(&self.db, &run_id, &day, "").await?;
         let result = self.reconcile(date, &run_id, started_ms, file).await;
         let elapsed = started.elapsed().as_secs_f64();

@@ -86,6 +86,25 @@ pub async fn run_start(
     .map(|_| ())
 }
 
+/// Marks runs of `date` left `running` by a process that ended mid-run as failed, and drops
+/// their staged rows. Called under the day's lease, so none of them is still running.
+pub async fn abandon_stale(db: &DatabaseConnection, date: &str, run_id: &str) -> Result<(), DbErr> {
+    let stale: Vec<String> = run::Entity::find()
+        .filter(run::Column::Date.eq(date))
+        .filter(run::Column::Status.eq("running"))
+        .filter(run::Column::RunId.ne(run_id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    for id in &stale {
+        unstage(db, id).await?;
+        run_finish(db, id, None, Some("abandoned: the process ended mid-run")).await?;
+    }
+    Ok(())
+}
+
 pub async fn run_source(db: &DatabaseConnection, run_id: &str, source: &str) -> Result<(), DbErr> {
     run::Entity::update_many()
         .col_expr(run::Column::Source, Expr::value(source))

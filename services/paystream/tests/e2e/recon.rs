@@ -351,6 +351,7 @@ async fn day_with_faults(backend: Backend) {
     let run_started = Instant::now();
     let report = recon::run(&rec, &today(), None, "test").await.unwrap();
     let run_took = run_started.elapsed();
+    eprintln!("{}", recon::table(&report));
     assert_eq!(report.counts, exp.counts, "classes");
     assert_eq!(report.corrections, exp.corrections);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -554,4 +555,64 @@ async fn scheduled_once_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_once_postgres() {
     scheduled_once(Backend::Postgres).await;
+}
+
+/// `paystream.recon.run` and `paystream.recon.report` answer the CLI's JSON over NATS; errors
+/// come as service errors; the run is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recon_over_nats() {
+    let env = Env::start(Backend::Sqlite, &[])
+        .await
+        .expect("SQLite always runs");
+    let js = nats::jetstream(env.client().await);
+    let requests: Vec<PaymentRequest> = (0..3).map(|i| request(i * 50)).collect();
+    publish_all(&js, &requests).await;
+    crate::helpers::wait_settled(env.db(), 3, Duration::from_secs(30)).await;
+    let client = env.client().await;
+    let ask = |subject: &'static str, body: Value| {
+        let client = client.clone();
+        async move {
+            client
+                .request(subject, serde_json::to_vec(&body).unwrap().into())
+                .await
+                .unwrap()
+        }
+    };
+    let code = |m: &async_nats::Message| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.as_str().to_owned())
+    };
+    let ran = ask("paystream.recon.run", serde_json::json!({"date": today()})).await;
+    assert_eq!(code(&ran), None, "{ran:?}");
+    let ran: Value = serde_json::from_slice(&ran.payload).unwrap();
+    assert_eq!(ran["counts"]["matched"], 3, "{ran}");
+    let shown = ask(
+        "paystream.recon.report",
+        serde_json::json!({"date": today()}),
+    )
+    .await;
+    let shown: Value = serde_json::from_slice(&shown.payload).unwrap();
+    assert_eq!(shown["run_id"], ran["run_id"]);
+    let bad = ask(
+        "paystream.recon.report",
+        serde_json::json!({"date": "30/11/2026"}),
+    )
+    .await;
+    assert_eq!(code(&bad).as_deref(), Some("400"));
+    let none = ask(
+        "paystream.recon.report",
+        serde_json::json!({"date": "2001-01-01"}),
+    )
+    .await;
+    assert_eq!(code(&none).as_deref(), Some("404"));
+    let audit = paystream::audit::list(env.db(), 10).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "recon run" && a.actor == "nats" && a.target == today()),
+        "{audit:?}"
+    );
+    env.shutdown().await;
 }

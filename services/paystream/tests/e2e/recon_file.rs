@@ -116,9 +116,7 @@ async fn malformed_rows_postgres() {
     malformed_rows(Backend::Postgres).await;
 }
 
-/// Rows in the large file.
-const MILLION: u128 = 1_000_000;
-/// Peak RSS the reconciling process may reach; the file alone is ~120 MB.
+/// Peak RSS the reconciling process may reach; a million-row file alone is ~93 MB.
 const RSS_KB_MAX: u64 = 100 * 1024;
 
 /// Peak resident memory (VmHWM) of a running process, in kB.
@@ -133,9 +131,8 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a million rows take longer than the per-test budget in a debug build; see README"]
-async fn million_rows_in_bounded_memory() {
+/// Every row is an unknown payment, the costliest case (each is stored for manual review).
+async fn rows_in_bounded_memory(rows: u128) {
     let db = TestDb::sqlite().await;
     let data = tempfile::tempdir().unwrap();
     let (_cfg, conn) = migrated(&db, data.path()).await;
@@ -143,12 +140,14 @@ async fn million_rows_in_bounded_memory() {
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
         writeln!(f, "{HEADER}").unwrap();
-        for i in 0..MILLION {
+        for i in 0..rows {
             writeln!(f, "{}", row(i, &(100 + i % 10_000).to_string(), "charge")).unwrap();
         }
     }
     let bytes = std::fs::metadata(&path).unwrap().len();
     let started = Instant::now();
+    // Output to a file: a pipe nobody reads while the child runs would block it.
+    let out_path = data.path().join("report.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args([
             "recon",
@@ -162,7 +161,7 @@ async fn million_rows_in_bounded_memory() {
         .env_clear()
         .env("DATABASE_URL", &db.url)
         .env("PAYSTREAM_DATA_DIR", data.path())
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -174,19 +173,19 @@ async fn million_rows_in_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["counts"]["unknown_payment"], 1_000_000);
-    assert_eq!(report["manual_review_total"], 1_000_000);
+    assert!(child.wait().unwrap().success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    assert_eq!(report["counts"]["unknown_payment"], rows as u64);
+    assert_eq!(report["manual_review_total"], rows as u64);
     assert_eq!(
         report["manual_review"].as_array().unwrap().len(),
         10_000,
         "the JSON lists are bounded"
     );
-    let rows_per_s = MILLION as f64 / took.as_secs_f64();
+    let rows_per_s = rows as f64 / took.as_secs_f64();
     eprintln!(
-        "1,000,000 rows ({} MB) reconciled in {took:.1?}: {rows_per_s:.0} rows/s, peak RSS {} MB",
+        "{rows} rows ({} MB) reconciled in {took:.1?}: {rows_per_s:.0} rows/s, peak RSS {} MB",
         bytes / 1_000_000,
         peak_kb / 1024
     );
@@ -196,4 +195,19 @@ async fn million_rows_in_bounded_memory() {
         "peak RSS {peak_kb} kB ≥ {RSS_KB_MAX} kB"
     );
     drop(conn);
+}
+
+/// In CI: the same bound with 200,000 rows (memory does not grow with the file: 100,000 rows
+/// peaked at 48 MB, a million at 46 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_file_in_bounded_memory() {
+    rows_in_bounded_memory(200_000).await;
+}
+
+/// The million rows: ~70 s in a debug build, over the per-test budget. Run with
+/// `cargo nextest run -p paystream --test e2e --run-ignored only million`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a million rows take ~70 s in a debug build; see README"]
+async fn million_rows_in_bounded_memory() {
+    rows_in_bounded_memory(1_000_000).await;
 }
