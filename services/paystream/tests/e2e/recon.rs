@@ -318,11 +318,12 @@ async fn day_with_faults(backend: Backend) {
                     money += exp
                         .movement(&refund_ref.unwrap(), amount, true, true)
                         .unwrap();
-                } else if f == Fate::RefundedAtPsp {
-                    if let Some(m) = exp.movement(&refund_ref.unwrap(), amount, true, false) {
-                        money += m;
-                        exp.to_cancelled.push(r.payment_id);
-                    }
+                } else if f == Fate::RefundedAtPsp
+                    && let Some(m) = exp.movement(&refund_ref.unwrap(), amount, true, false)
+                {
+                    money += m;
+                    exp.to_cancelled.push(r.payment_id);
+                }
                 }
             }
         }
