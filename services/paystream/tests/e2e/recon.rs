@@ -324,7 +324,6 @@ async fn day_with_faults(backend: Backend) {
                     money += m;
                     exp.to_cancelled.push(r.payment_id);
                 }
-                }
             }
         }
         *exp.wallet.entry(merchant).or_default() += money;
