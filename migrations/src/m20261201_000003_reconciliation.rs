@@ -159,8 +159,8 @@ impl MigrationTrait for Migration {
                 .unique()
                 .name("recon_corrections_key")
                 .table(ReconCorrections::Table)
-                .col(ReconCorrections::Class)
                 .col(ReconCorrections::PspReference)
+                .col(ReconCorrections::Class)
                 .to_owned(),
         )
         .await?;
