@@ -270,6 +270,7 @@ impl Reconciler {
             tally.error(RowError::new(1, "empty file: no header"));
         }
         self.chunk(&day, run_id, &mut chunk, &mut tally).await?;
+        store::analyze_staging(&self.db).await?;
         self.unmatched(run_id, bounds, &mut tally).await?;
         let manual_review = report::listed(&self.db, run_id, store::Rows::Manual).await?;
         let corrected = report::listed(&self.db, run_id, store::Rows::Corrected).await?;

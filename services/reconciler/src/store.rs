@@ -411,6 +411,16 @@ pub async fn rows_page(
     q.order_by_asc(row::Column::Id).limit(limit).all(db).await
 }
 
+/// Refreshes the planner's statistics of the staging table after a run staged its rows
+/// (PostgreSQL): with the statistics of an empty table it scanned the staging table once per
+/// payment in `unmatched` (1.5 s for 2,000 payments, growing quadratically).
+pub async fn analyze_staging(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        db.execute_unprepared("ANALYZE recon_file_rows").await?;
+    }
+    Ok(())
+}
+
 /// One of our payments that moved money on the day, with no row for that movement in the file.
 #[derive(Debug, Clone)]
 pub struct Unmatched {
