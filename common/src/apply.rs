@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::consume::{self, Handler, LoopConfig, Verdict};
 use crate::events::PaymentEvent;
 use crate::shutdown::Shutdown;
-use crate::streams::{self, TopologyError};
+use crate::streams::TopologyError;
 use crate::telemetry::{Readiness, names};
 use crate::time::now_ms;
 
@@ -37,6 +37,8 @@ pub mod applied {
         pub payment_id: String,
         pub version: i32,
         pub applied_at_ms: i64,
+        /// The PAYMENT_EVENTS sequence it was applied from (checks of applied vs stream order).
+        pub stream_seq: Option<i64>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}
@@ -122,6 +124,7 @@ pub async fn claim_fresh<C: sea_orm::ConnectionTrait>(
             payment_id: Set(e.payment_id.to_string()),
             version: Set(version),
             applied_at_ms: Set(now),
+            stream_seq: Set(e.stream_seq.and_then(|s| i64::try_from(s).ok())),
         });
     }
     if !rows.is_empty() {
@@ -159,7 +162,10 @@ pub fn decode_events(batch: &[Message]) -> (Vec<(usize, PaymentEvent)>, Vec<Opti
             .and_then(|h| h.get("Content-Type"))
             .map(|v| v.as_str());
         match PaymentEvent::decode(content_type, &m.payload) {
-            Ok(e) => events.push((i, e)),
+            Ok(mut e) => {
+                e.stream_seq = m.info().ok().map(|info| info.stream_sequence);
+                events.push((i, e))
+            }
             Err(e) => {
                 verdicts[i] = Some(Verdict::Term {
                     label: "event",
@@ -274,11 +280,11 @@ pub async fn start<A: ApplyEvents>(
     shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), TopologyError> {
-    let consumer = streams::ensure_consumer(js, cfg, A::CONSUMER).await?;
+    let source = consume::Source::partitioned(js, cfg, A::CONSUMER, db.clone()).await?;
     let loop_cfg = LoopConfig::new(A::CONSUMER, cfg, Some(db));
     let ready: Arc<AtomicBool> = readiness.component(&format!("{} consumer", A::CONSUMER));
     tasks.spawn(consume::run(
-        consumer,
+        source,
         loop_cfg,
         EventHandler(applier),
         shutdown,

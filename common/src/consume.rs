@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{Consumer, pull};
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 
 use crate::config::Backoff;
+use crate::ownership::Membership;
 use crate::shutdown::Shutdown;
 use crate::telemetry::names;
 use crate::text::bounded;
@@ -66,88 +67,387 @@ impl LoopConfig {
     }
 }
 
+/// Where a loop's messages come from.
+#[allow(clippy::large_enum_variant)] // one per consumer loop, moved once
+pub enum Source {
+    /// One durable consumer that every instance pulls (the dlq watcher).
+    Single(Consumer<pull::Config>),
+    /// One durable per buyer partition, index = partition: this instance pulls those that
+    /// `membership` assigns it, as the pinned client of each (see `ownership`).
+    Partitioned {
+        js: async_nats::jetstream::Context,
+        consumers: Vec<Consumer<pull::Config>>,
+        membership: Membership,
+    },
+}
+
+impl Source {
+    /// `service`'s consumers of every partition (created or updated), owned through a membership
+    /// of the service's instances in `db`.
+    pub async fn partitioned(
+        js: &async_nats::jetstream::Context,
+        cfg: &crate::config::Config,
+        service: &'static str,
+        db: sea_orm::DatabaseConnection,
+    ) -> Result<Self, crate::streams::TopologyError> {
+        Ok(Source::Partitioned {
+            js: js.clone(),
+            consumers: crate::streams::ensure_partition_consumers(js, cfg, service).await?,
+            membership: Membership::new(db, service, cfg.member_ttl),
+        })
+    }
+}
+
 /// Runs until shutdown. Errors of the message stream (NATS restarting, a missed heartbeat) are
-/// logged and the pull is re-established; the loop itself never exits on them.
+/// logged and the pull is re-established; the loop itself never exits on them. On shutdown it
+/// stops pulling, settles everything already received (bounded), then gives its partitions up.
 pub async fn run<H: Handler>(
-    consumer: Consumer<pull::Config>,
+    source: Source,
     cfg: LoopConfig,
     handler: H,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     ready: Arc<AtomicBool>,
 ) {
-    let handler = Arc::new(handler);
-    while !shutdown.is_fired() {
-        let stream = consumer
-            .stream()
-            .max_messages_per_batch(cfg.batch_max)
-            .expires(Duration::from_secs(30))
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                ready.store(false, Ordering::Relaxed);
-                tracing::warn!(consumer = cfg.name, error = %e, "pull failed; retrying in 1s");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = shutdown.wait() => break,
-                }
-            }
-        };
-        ready.store(true, Ordering::Relaxed);
-        // A reader drains the pull eagerly and registers every message the moment it arrives; a
-        // heartbeat sends `+WPI` for everything registered and not yet settled. So a message
-        // waiting behind a slow batch is never redelivered for sitting in a buffer, and never
-        // burns a delivery it did not use.
-        let held = Held::default();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(cfg.batch_max * 2);
-        let reader = {
-            let held = held.clone();
-            let name = cfg.name;
+    // Readers drain the pulls eagerly and register every message the moment it arrives; a
+    // heartbeat sends `+WPI` for everything registered and not yet settled. So a message waiting
+    // behind a slow batch is never redelivered for sitting in a buffer, and never burns a
+    // delivery it did not use.
+    let held = Held::default();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(cfg.batch_max * 2);
+    let heartbeat = tokio::spawn(held.clone().heartbeat(cfg.progress_every));
+    let readers = Readers {
+        tx,
+        held: held.clone(),
+        name: cfg.name,
+        batch_max: cfg.batch_max,
+        ack_wait_first: cfg.backoff.delay_after(1),
+    };
+    let (stop_pulling, pulling_stopped) = tokio::sync::watch::channel(false);
+    let control = match source {
+        Source::Single(consumer) => {
+            let reader = readers.spawn(consumer, None, ready.clone());
+            let mut stop = pulling_stopped.clone();
             tokio::spawn(async move {
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(m) => {
-                            held.insert(&m);
-                            if tx.send(m).await.is_err() {
-                                break;
-                            }
+                let _ = stop.wait_for(|s| *s).await;
+                reader.stop().await;
+                Vec::new()
+            })
+        }
+        Source::Partitioned {
+            js,
+            consumers,
+            membership,
+        } => tokio::spawn(own_partitions(
+            js,
+            consumers,
+            membership,
+            readers,
+            ready.clone(),
+            pulling_stopped,
+        )),
+    };
+    let mut stop = shutdown.clone();
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            () = stop.wait() => None,
+        };
+        let Some(first) = first else { break };
+        let batch = fill(first, &mut rx, cfg.batch_max);
+        handle_batch(&cfg, &handler, &batch, &held).await;
+    }
+    // Stop pulling, then settle what was already received, so the next owner of a partition
+    // starts after everything this instance took (bounded: a stuck database must not hold
+    // shutdown forever; anything left is redelivered after its ack wait).
+    let _ = stop_pulling.send(true);
+    let released = control.await.unwrap_or_default();
+    let drain = async {
+        while let Ok(first) = rx.try_recv() {
+            let batch = fill(first, &mut rx, cfg.batch_max);
+            handle_batch(&cfg, &handler, &batch, &held).await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_MAX, drain).await.is_err() {
+        tracing::warn!(
+            consumer = cfg.name,
+            "shutdown drain timed out; the rest is redelivered"
+        );
+    }
+    heartbeat.abort();
+    release(released).await;
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!(consumer = cfg.name, "consumer stopped");
+}
+
+/// Longest a stopping loop spends settling what it had received.
+const DRAIN_MAX: Duration = Duration::from_secs(20);
+/// Longest a released partition waits for its received messages to be settled before it is
+/// unpinned anyway.
+const RELEASE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// `first` and whatever else is ready, up to `max`.
+fn fill(first: Message, rx: &mut tokio::sync::mpsc::Receiver<Message>, max: usize) -> Vec<Message> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// What every reader of one loop shares.
+#[derive(Clone)]
+struct Readers {
+    tx: tokio::sync::mpsc::Sender<Message>,
+    held: Held,
+    name: &'static str,
+    batch_max: usize,
+    /// The ack wait of a first delivery (the first backoff step): how long a message the server
+    /// sent to a pull that was dropped stays out before it is due for redelivery.
+    ack_wait_first: Duration,
+}
+
+impl Readers {
+    /// Pulls `consumer` (as a member of `group`, if any) into the loop's channel until stopped,
+    /// re-establishing the pull whenever it fails. `ok` tells whether the pull is established.
+    fn spawn(
+        &self,
+        consumer: Consumer<pull::Config>,
+        group: Option<&'static str>,
+        ok: Arc<AtomicBool>,
+    ) -> Reader {
+        let r = self.clone();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while !*stopped.borrow() {
+                let mut pull = consumer
+                    .stream()
+                    .max_messages_per_batch(r.batch_max)
+                    .expires(Duration::from_secs(30))
+                    .heartbeat(Duration::from_secs(5));
+                if let Some(g) = group {
+                    pull = pull.group(g);
+                }
+                let established = tokio::select! {
+                    s = pull.messages() => s,
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
+                let mut stream = match established {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        ok.store(false, Ordering::Relaxed);
+                        tracing::warn!(consumer = r.name, error = %e, "pull failed; retrying in 1s");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                            _ = stopped.wait_for(|s| *s) => return,
                         }
-                        Err(e) => {
-                            tracing::warn!(consumer = name, error = %e, "message stream error")
+                        continue;
+                    }
+                };
+                ok.store(true, Ordering::Relaxed);
+                loop {
+                    let item = tokio::select! {
+                        biased;
+                        _ = stopped.wait_for(|s| *s) => return,
+                        item = stream.next() => item,
+                    };
+                    let m = match item {
+                        None => break,
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::warn!(consumer = r.name, error = %e, "message stream error");
+                            continue;
+                        }
+                    };
+                    r.held.insert(&m);
+                    let slot = tokio::select! {
+                        biased;
+                        slot = r.tx.reserve() => Some(slot),
+                        _ = stopped.wait_for(|s| *s) => None,
+                    };
+                    match slot {
+                        Some(Ok(slot)) => slot.send(m),
+                        Some(Err(_)) => return,
+                        None => {
+                            // Received but never handed over: give it back now (no progress acks
+                            // for it any more), so the partition's next owner gets it first.
+                            r.held.remove(std::slice::from_ref(&m)).await;
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
+                            return;
                         }
                     }
                 }
-            })
-        };
-        let heartbeat = tokio::spawn(held.clone().heartbeat(cfg.progress_every));
-        loop {
-            let first = tokio::select! {
-                m = rx.recv() => m,
-                () = shutdown.wait() => None,
-            };
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < cfg.batch_max {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
             }
-            handle_batch(&cfg, handler.as_ref(), &batch, &held).await;
-        }
-        reader.abort();
-        heartbeat.abort();
+        });
+        Reader { task, stop }
     }
-    tracing::info!(consumer = cfg.name, "consumer stopped");
+}
+
+/// A running reader.
+struct Reader {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Reader {
+    /// Stops pulling; a message received and not yet handed to the loop is NAKed. Returns once
+    /// the reader is gone.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a reader did not stop within 5s");
+        }
+    }
+}
+
+/// A partition this instance is pulling.
+struct Owned {
+    reader: Reader,
+    ok: Arc<AtomicBool>,
+}
+
+/// A partition this instance stopped pulling, to unpin once its received messages are settled.
+struct Released {
+    js: async_nats::jetstream::Context,
+    consumer: Consumer<pull::Config>,
+    held: Held,
+    name: &'static str,
+    ack_wait_first: Duration,
+}
+
+/// Keeps this instance pulling exactly the partitions its membership assigns it: every
+/// heartbeat, partitions gained start a reader, partitions lost stop theirs and are unpinned once
+/// their received messages are settled (so the next owner starts after them). Returns the
+/// partitions still owned when told to stop pulling, for `run` to release after its drain.
+async fn own_partitions(
+    js: async_nats::jetstream::Context,
+    consumers: Vec<Consumer<pull::Config>>,
+    membership: Membership,
+    readers: Readers,
+    ready: Arc<AtomicBool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Released> {
+    let name = readers.name;
+    let partitions = u16::try_from(consumers.len()).expect("partitions fit a u16");
+    let mut owned: std::collections::BTreeMap<u16, Owned> = Default::default();
+    let mut assigned_once = false;
+    let every = (membership.ttl / 4).max(Duration::from_millis(100));
+    loop {
+        match membership.heartbeat().await {
+            Ok(members) => {
+                let mine = crate::ownership::assign(partitions, &members, &membership.instance_id);
+                gauge!(names::MEMBERS_LIVE, "consumer" => name).set(members.len() as f64);
+                let lost: Vec<u16> = owned
+                    .keys()
+                    .filter(|p| !mine.contains(p))
+                    .copied()
+                    .collect();
+                for p in lost {
+                    let o = owned.remove(&p).expect("owned");
+                    o.reader.stop().await;
+                    counter!(names::PARTITION_HANDOVERS, "consumer" => name, "direction" => "released").increment(1);
+                    tracing::info!(consumer = name, partition = p, "partition released");
+                    tokio::spawn(release(vec![Released {
+                        js: js.clone(),
+                        consumer: consumers[usize::from(p)].clone(),
+                        held: readers.held.clone(),
+                        name,
+                        ack_wait_first: readers.ack_wait_first,
+                    }]));
+                }
+                for p in mine {
+                    if owned.contains_key(&p) {
+                        continue;
+                    }
+                    let ok = Arc::new(AtomicBool::new(false));
+                    let reader = readers.spawn(
+                        consumers[usize::from(p)].clone(),
+                        Some(crate::streams::OWNER_GROUP),
+                        ok.clone(),
+                    );
+                    counter!(names::PARTITION_HANDOVERS, "consumer" => name, "direction" => "gained").increment(1);
+                    tracing::info!(
+                        consumer = name,
+                        partition = p,
+                        members = members.len(),
+                        "partition taken"
+                    );
+                    owned.insert(p, Owned { reader, ok });
+                }
+                gauge!(names::PARTITIONS_OWNED, "consumer" => name).set(owned.len() as f64);
+                assigned_once = true;
+            }
+            Err(e) => {
+                tracing::warn!(consumer = name, error = %e, "membership heartbeat failed; keeping the partitions held")
+            }
+        }
+        ready.store(
+            assigned_once && owned.values().all(|o| o.ok.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if let Err(e) = membership.leave().await {
+        tracing::warn!(consumer = name, error = %e, "could not leave the membership; others wait for its TTL");
+    }
+    gauge!(names::PARTITIONS_OWNED, "consumer" => name).set(0.0);
+    let mut released = Vec::with_capacity(owned.len());
+    for (p, o) in owned {
+        o.reader.stop().await;
+        released.push(Released {
+            js: js.clone(),
+            consumer: consumers[usize::from(p)].clone(),
+            held: readers.held.clone(),
+            name,
+            ack_wait_first: readers.ack_wait_first,
+        });
+    }
+    released
+}
+
+/// Unpins released partitions once none of their received messages is left unsettled (bounded)
+/// and what was in flight to the dropped pull is due again, so the next owner gets the pin at once
+/// (instead of after the priority timeout) and starts where this instance stopped.
+async fn release(partitions: Vec<Released>) {
+    futures::future::join_all(partitions.into_iter().map(release_one)).await;
+}
+
+async fn release_one(r: Released) {
+    let info = r.consumer.cached_info();
+    let (stream, durable) = (info.stream_name.clone(), info.name.clone());
+    let deadline = Instant::now() + RELEASE_WAIT_MAX;
+    while r.held.count_of(&durable) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Messages the server had sent to the dropped pull but that never reached us are due for
+    // redelivery after their ack wait; the server serves due redeliveries before new messages,
+    // so waiting that long lets the next owner start with them, in order.
+    tokio::time::sleep(r.ack_wait_first + Duration::from_millis(100)).await;
+    let unpinned = async {
+        r.js.get_stream(&stream)
+            .await?
+            .unpin_consumer(&durable, crate::streams::OWNER_GROUP)
+            .await?;
+        Ok::<(), async_nats::Error>(())
+    };
+    if let Err(e) = unpinned.await {
+        tracing::warn!(consumer = r.name, %durable, error = %e, "unpin failed; the pin expires by itself");
+    }
 }
 
 /// Messages received and not yet settled, by reply subject, for progress acks.
 #[derive(Clone, Default)]
 struct Held {
     /// Never held across an await: the reader registers messages without waiting.
-    map: Arc<std::sync::Mutex<std::collections::HashMap<String, async_nats::Client>>>,
+    map: Arc<std::sync::Mutex<std::collections::HashMap<String, (async_nats::Client, String)>>>,
     /// Held for a whole heartbeat round, so that `remove` (before settling) waits for a round in
     /// progress: no `+WPI` can follow a message's ack or NAK and undo the NAK's delay.
     round: Arc<tokio::sync::Mutex<()>>,
@@ -156,11 +456,22 @@ struct Held {
 impl Held {
     fn insert(&self, m: &Message) {
         if let Some(reply) = &m.reply {
+            let durable = m.info().map(|i| i.consumer.to_owned()).unwrap_or_default();
             self.map
                 .lock()
                 .expect("held lock")
-                .insert(reply.to_string(), m.context.client());
+                .insert(reply.to_string(), (m.context.client(), durable));
         }
+    }
+
+    /// Messages of durable `durable` received and not yet settled.
+    fn count_of(&self, durable: &str) -> usize {
+        self.map
+            .lock()
+            .expect("held lock")
+            .values()
+            .filter(|(_, d)| d == durable)
+            .count()
     }
 
     /// Stops the heartbeat for these messages; called before they are settled.
@@ -185,7 +496,7 @@ impl Held {
                 .lock()
                 .expect("held lock")
                 .iter()
-                .map(|(r, c)| (r.clone(), c.clone()))
+                .map(|(r, (c, _))| (r.clone(), c.clone()))
                 .collect();
             // Bounded: while NATS is unreachable a round gives up rather than hold `remove` back.
             let _ = tokio::time::timeout(every, async {

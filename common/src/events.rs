@@ -74,6 +74,9 @@ pub struct PaymentEvent {
     /// Signed change to apply, for `adjusted` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_minor: Option<i64>,
+    /// Where a consumer read it: its PAYMENT_EVENTS sequence. Never on the wire.
+    #[serde(skip)]
+    pub stream_seq: Option<u64>,
 }
 
 impl PaymentEvent {
@@ -136,6 +139,7 @@ mod tests {
             reason: None,
             requested_at_ms: Some(1),
             delta_minor: None,
+            stream_seq: None,
         };
         assert_eq!(PaymentEvent::decode(None, &e.encode()).unwrap(), e);
         let as_value: serde_json::Value = rmp_serde::from_slice(&e.encode()).unwrap();

@@ -17,6 +17,8 @@ pub mod ingress;
 pub mod money;
 pub mod nats;
 pub mod nats_server;
+pub mod ownership;
+pub mod publish;
 pub mod settlement;
 pub mod shutdown;
 pub mod state;

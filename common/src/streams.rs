@@ -110,18 +110,19 @@ pub fn stream_configs(cfg: &Config) -> Result<Vec<stream::Config>, TopologyError
         .collect()
 }
 
-/// One consumer definition as the services apply it under `cfg`.
+/// One consumer definition as the services apply it under `cfg` (for a partitioned service,
+/// the definition of partition 0, as the file holds it).
 pub fn consumer_config(
     cfg: &Config,
-    durable: &str,
+    service: &str,
 ) -> Result<(&'static str, pull::Config), TopologyError> {
     let (stream, file, text) = CONSUMER_FILES
         .iter()
         .find(|(_, file, _)| {
             file.trim_end_matches(".json")
-                .ends_with(&format!(".{durable}"))
+                .ends_with(&format!(".{service}"))
         })
-        .ok_or_else(|| TopologyError::UnknownConsumer(durable.to_owned()))?;
+        .ok_or_else(|| TopologyError::UnknownConsumer(service.to_owned()))?;
     let mut cc: pull::Config =
         serde_json::from_str(text).map_err(|source| TopologyError::Definition { file, source })?;
     let steps = cfg.backoff.0.len();
@@ -134,6 +135,86 @@ pub fn consumer_config(
     cc.max_deliver = cfg.max_deliver;
     cc.backoff = cfg.backoff.0.clone();
     Ok((stream, cc))
+}
+
+/// The priority group whose pinned client owns a partition's consumer.
+pub const OWNER_GROUP: &str = "owner";
+
+/// Durable name of `service`'s consumer for buyer partition `partition`: `wallet-p3`.
+pub fn partition_durable(service: &str, partition: u16) -> String {
+    format!("{service}-p{partition}")
+}
+
+/// The service a durable consumer belongs to: `wallet-p3` → `wallet`; `dlq` → `dlq`.
+pub fn service_of(durable: &str) -> &str {
+    match durable.rsplit_once("-p") {
+        Some((service, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => service,
+        _ => durable,
+    }
+}
+
+/// Whether `service` consumes one durable per buyer partition (its definition has a filter on
+/// partition 0 and the owner priority group).
+pub fn is_partitioned(cfg: &Config, service: &str) -> Result<bool, TopologyError> {
+    let (_, cc) = consumer_config(cfg, service)?;
+    Ok(cc.priority_groups.iter().any(|g| g == OWNER_GROUP))
+}
+
+/// `service`'s consumer for `partition`: the file's definition (partition 0) with the durable
+/// name and the filter's partition token substituted (`payments.events.0.*` →
+/// `payments.events.<p>.*`).
+pub fn partition_consumer_config(
+    cfg: &Config,
+    service: &str,
+    partition: u16,
+) -> Result<(&'static str, pull::Config), TopologyError> {
+    let (stream, mut cc) = consumer_config(cfg, service)?;
+    let durable = partition_durable(service, partition);
+    cc.durable_name = Some(durable);
+    let mut tokens: Vec<String> = cc.filter_subject.split('.').map(str::to_owned).collect();
+    assert!(
+        tokens.len() == 4 && tokens[2] == "0",
+        "nats/ partition consumers filter `payments.<kind>.0.*`, found {:?}",
+        cc.filter_subject
+    );
+    tokens[2] = partition.to_string();
+    cc.filter_subject = tokens.join(".");
+    Ok((stream, cc))
+}
+
+/// Creates or updates `service`'s consumer of every partition; returns them by partition.
+pub async fn ensure_partition_consumers(
+    js: &jetstream::Context,
+    cfg: &Config,
+    service: &str,
+) -> Result<Vec<jetstream::consumer::Consumer<pull::Config>>, TopologyError> {
+    let (stream_name, _) = consumer_config(cfg, service)?;
+    let stream = get_stream(js, stream_name).await?;
+    let mut out = Vec::with_capacity(usize::from(cfg.partitions));
+    for p in 0..cfg.partitions {
+        let (_, cc) = partition_consumer_config(cfg, service, p)?;
+        let name = cc.durable_name.clone().unwrap_or_default();
+        out.push(
+            stream
+                .create_consumer(cc)
+                .await
+                .map_err(|source| TopologyError::Consumer {
+                    stream: stream_name,
+                    name,
+                    source,
+                })?,
+        );
+    }
+    Ok(out)
+}
+
+async fn get_stream(
+    js: &jetstream::Context,
+    name: &'static str,
+) -> Result<jetstream::stream::Stream, TopologyError> {
+    js.get_stream(name)
+        .await
+        .map_err(|source| TopologyError::GetStream { name, source })
 }
 
 /// Creates or updates every stream. Idempotent; safe for several instances starting at once.
@@ -154,14 +235,8 @@ pub async fn ensure_consumer(
     durable: &str,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, TopologyError> {
     let (stream_name, cc) = consumer_config(cfg, durable)?;
-    let stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(|source| TopologyError::GetStream {
-            name: stream_name,
-            source,
-        })?;
-    stream
+    get_stream(js, stream_name)
+        .await?
         .create_consumer(cc)
         .await
         .map_err(|source| TopologyError::Consumer {
@@ -180,6 +255,28 @@ pub fn progress_interval(cfg: &Config) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_consumers_are_derived_from_the_files() {
+        let cfg = Config::load_from(["paystream"]).unwrap();
+        for (service, filter) in [
+            ("payment", "payments.*.7.*"),
+            ("wallet", "payments.events.7.*"),
+            ("ledger", "payments.events.7.*"),
+        ] {
+            assert!(is_partitioned(&cfg, service).unwrap());
+            let (_, cc) = partition_consumer_config(&cfg, service, 7).unwrap();
+            assert_eq!(
+                cc.durable_name.as_deref(),
+                Some(format!("{service}-p7").as_str())
+            );
+            assert_eq!(cc.filter_subject, filter);
+            assert_eq!(service_of(&partition_durable(service, 7)), service);
+        }
+        assert!(!is_partitioned(&cfg, "dlq").unwrap());
+        assert_eq!(service_of("dlq"), "dlq");
+        assert_eq!(service_of("my-pipeline"), "my-pipeline");
+    }
 
     #[test]
     fn partitions_are_substituted() {

@@ -27,8 +27,10 @@ pub fn init_tracing(default_level: &str) {
             "{default_level},sqlx=warn,sea_orm=warn,async_nats=warn"
         ))
     });
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -58,6 +60,11 @@ pub mod names {
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
     pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
+    pub const PUBLISH_CONFLICTS: &str = "paystream_publish_conflicts_total";
+    pub const PARTITIONS_OWNED: &str = "paystream_partitions_owned";
+    pub const PARTITION_HANDOVERS: &str = "paystream_partition_handovers_total";
+    pub const MEMBERS_LIVE: &str = "paystream_members_live";
+    pub const OUTBOX_RELAY_ACTIVE: &str = "paystream_outbox_relay_active";
     pub const RECON_RUNS: &str = "paystream_recon_runs_total";
     pub const RECON_ROWS: &str = "paystream_recon_rows_total";
     pub const RECON_CORRECTIONS: &str = "paystream_recon_corrections_total";
@@ -294,6 +301,36 @@ fn register_catalogue() {
     gauge!(DLQ_DEPTH).set(0.0);
     counter!(DLQ_REDRIVES).absolute(0);
     counter!(DLQ_PURGES).absolute(0);
+    describe_counter!(
+        PUBLISH_CONFLICTS,
+        "Event publishes refused because another producer had moved the buyer's subject (Nats-Expected-Last-Subject-Sequence); each is retried on the new sequence."
+    );
+    describe_gauge!(
+        PARTITIONS_OWNED,
+        "Buyer partitions this instance consumes, by consumer."
+    );
+    describe_counter!(
+        PARTITION_HANDOVERS,
+        "Partitions taken (direction=gained) or given up (direction=released) by this instance, by consumer."
+    );
+    describe_gauge!(
+        MEMBERS_LIVE,
+        "Live instances of the service as this instance last saw them, by consumer."
+    );
+    describe_gauge!(
+        OUTBOX_RELAY_ACTIVE,
+        "1 while this instance holds the outbox-relay lease (one relay publishes at a time)."
+    );
+    counter!(PUBLISH_CONFLICTS).absolute(0);
+    for consumer in CONSUMERS {
+        gauge!(PARTITIONS_OWNED, "consumer" => consumer).set(0.0);
+        gauge!(MEMBERS_LIVE, "consumer" => consumer).set(0.0);
+        for direction in ["gained", "released"] {
+            counter!(PARTITION_HANDOVERS, "consumer" => consumer, "direction" => direction)
+                .absolute(0);
+        }
+    }
+    gauge!(OUTBOX_RELAY_ACTIVE).set(0.0);
     register_recon();
 }
 

@@ -8,7 +8,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_init;
 mod m20261125_000002_dead_letters;
-mod m20261201_000003_reconciliation;
+mod m20261201_000010_ownership;
+mod m20261201_000020_reconciliation;
 
 pub struct Migrator;
 
@@ -18,7 +19,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_init::Migration),
             Box::new(m20261125_000002_dead_letters::Migration),
-            Box::new(m20261201_000003_reconciliation::Migration),
+            Box::new(m20261201_000010_ownership::Migration),
+            Box::new(m20261201_000020_reconciliation::Migration),
         ]
     }
 }

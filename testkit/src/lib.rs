@@ -146,3 +146,63 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// A free TCP port on loopback (for cluster routes, which must be known before the servers start;
+/// the tiny window before the server binds it is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A nats-server cluster of the test's own on loopback: JetStream on every node, full-mesh
+/// routes, each node with its own store, killable and restartable one by one.
+pub struct TestCluster {
+    pub nodes: Vec<NatsServer>,
+    _dirs: Vec<TempDir>,
+}
+
+impl TestCluster {
+    pub async fn start(size: usize) -> Self {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut nodes = Vec::with_capacity(size);
+        let mut dirs = Vec::with_capacity(size);
+        let starts = (0..size).map(|i| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let others: Vec<String> = routes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats-route://127.0.0.1:{p}"))
+                .collect();
+            let extra_conf = format!(
+                "server_name: n{i}\ncluster {{\n  name: paystream-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                routes[i],
+                others.join(", ")
+            );
+            let opts = ServerOptions {
+                bin: nats_server_bin(),
+                store_dir: dir.path().to_path_buf(),
+                port: 0,
+                sync_interval: None,
+                extra_conf,
+            };
+            async move { (NatsServer::start(opts).await, dir) }
+        });
+        for (server, dir) in futures::future::join_all(starts).await {
+            nodes.push(server.expect("cluster node starts"));
+            dirs.push(dir);
+        }
+        Self { nodes, _dirs: dirs }
+    }
+
+    /// Every node's client URL, comma-separated (what `PAYSTREAM_NATS_URL` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}

@@ -90,6 +90,7 @@ mod tests {
             reason: None,
             requested_at_ms: None,
             delta_minor: delta,
+            stream_seq: None,
         }
     }
 

@@ -23,7 +23,7 @@ use async_nats::jetstream;
 use paystream_common::config::Config;
 use paystream_common::consume::{self, LoopConfig};
 use paystream_common::shutdown::Shutdown;
-use paystream_common::streams::{self, TopologyError};
+use paystream_common::streams::TopologyError;
 use paystream_common::telemetry::Readiness;
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
@@ -46,7 +46,7 @@ pub async fn start<P: psp::Psp>(
     shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), TopologyError> {
-    let consumer = streams::ensure_consumer(&js, cfg, CONSUMER).await?;
+    let source = consume::Source::partitioned(&js, cfg, CONSUMER, db.clone()).await?;
     let rounds = |n: usize| rounds_of(n, cfg.psp_concurrency);
     let wake = Arc::new(Notify::new());
     let intake = intake::Intake {
@@ -60,7 +60,7 @@ pub async fn start<P: psp::Psp>(
     let loop_cfg = LoopConfig::new(CONSUMER, cfg, Some(db.clone()));
     let ready = readiness.component("payment consumer");
     tasks.spawn(consume::run(
-        consumer,
+        source,
         loop_cfg,
         intake,
         shutdown.clone(),
@@ -82,6 +82,6 @@ pub async fn start<P: psp::Psp>(
         wake.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(outbox::run(db, js, wake, shutdown));
+    tasks.spawn(outbox::run(db, js, wake, cfg.member_ttl, shutdown));
     Ok(())
 }

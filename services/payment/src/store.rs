@@ -367,6 +367,7 @@ pub async fn record_in(
                 reason: c.reason.clone(),
                 requested_at_ms: Some(c.requested_at_ms.unwrap_or(row.requested_at_ms)),
                 delta_minor: c.delta_minor,
+                stream_seq: None,
             };
             events.push(outbox::ActiveModel {
                 event_id: Set(event.event_id.to_string()),

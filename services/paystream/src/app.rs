@@ -147,10 +147,20 @@ pub async fn connect_db(cfg: &Config, mut stop: Shutdown) -> anyhow::Result<Data
     loop {
         match db::connect(&url).await {
             Ok(conn) => {
-                Migrator::up(&conn, None)
-                    .await
-                    .context("migrating the database")?;
-                return Ok(conn);
+                // Instances starting together race to migrate; the loser's error (a table or
+                // migration row the winner just created) goes away on the next try.
+                let mut tries = 0;
+                loop {
+                    match Migrator::up(&conn, None).await {
+                        Ok(()) => return Ok(conn),
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            tracing::warn!(error = %e, tries, "migration failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(300 * tries)).await;
+                        }
+                        Err(e) => return Err(e).context("migrating the database"),
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?delay, "database not reachable; retrying");

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use paystream_common::failures;
-use paystream_common::streams::DEAD_LETTERS;
+use paystream_common::publish::{OrderedPublisher, Outgoing};
+use paystream_common::streams::{DEAD_LETTERS, PAYMENT_EVENTS, service_of};
 use paystream_common::time::{now_ms, rfc3339_ms};
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
@@ -51,7 +52,10 @@ pub struct DeadLetter {
     /// DEAD_LETTERS sequence.
     pub id: u64,
     pub stream: String,
+    /// The service whose consumer gave up (`wallet`), whichever partition's durable it was.
     pub consumer: String,
+    /// The durable consumer itself (`wallet-p3`).
+    pub durable: String,
     pub stream_seq: u64,
     /// The original's subject as stored (partitioned form); empty if it has aged out.
     pub subject: String,
@@ -115,7 +119,7 @@ async fn entry(
     let terminated = a.kind.ends_with(".terminated");
     let reason = match (&a.reason, db) {
         (Some(r), _) if !r.is_empty() => r.clone(),
-        (_, Some(db)) => failures::attempts(db, &a.stream, &a.consumer, a.stream_seq)
+        (_, Some(db)) => failures::attempts(db, &a.stream, service_of(&a.consumer), a.stream_seq)
             .await?
             .last()
             .map(|f| format!("max deliveries reached; last error: {}", f.error))
@@ -125,7 +129,8 @@ async fn entry(
     let entry = DeadLetter {
         id,
         stream: a.stream,
-        consumer: a.consumer,
+        consumer: service_of(&a.consumer).to_owned(),
+        durable: a.consumer,
         stream_seq: a.stream_seq,
         subject: orig.as_ref().map(|o| o.subject.clone()).unwrap_or_default(),
         deliveries: a.deliveries,
@@ -269,6 +274,7 @@ pub async fn redrive(
     actor: &str,
 ) -> Result<u64, DlqError> {
     let dlq = js.get_stream(DEAD_LETTERS).await.map_err(nats_err)?;
+    let mut events = OrderedPublisher::new(js.clone());
     let mut n = 0;
     for id in select(js, db, sel).await? {
         let target = format!("{DEAD_LETTERS}/{id}");
@@ -303,16 +309,36 @@ pub async fn redrive(
             "Paystream-Redriven-From",
             format!("{}/{}", e.stream, e.stream_seq).as_str(),
         );
-        let msg = PublishMessage::build()
-            .payload(orig.payload.clone())
-            .headers(headers)
-            .message_id(format!("redrive-{}-{}-{id}", e.stream, e.stream_seq));
-        let ack = js
-            .send_publish(publish_subject(&orig.subject), msg)
-            .await
-            .map_err(nats_err)?
-            .await
-            .map_err(nats_err)?;
+        let subject = publish_subject(&orig.subject);
+        let msg_id = format!("redrive-{}-{}-{id}", e.stream, e.stream_seq);
+        let ack = if e.stream == PAYMENT_EVENTS {
+            // An event is republished like any producer's: conditioned on the buyer's last
+            // sequence, so it takes its place in the buyer's order.
+            let buyer = subject.rsplit('.').next().unwrap_or_default().to_owned();
+            let item = Outgoing {
+                buyer,
+                subject,
+                msg_id,
+                payload: orig.payload.clone(),
+                headers,
+            };
+            events
+                .publish(std::slice::from_ref(&item))
+                .await
+                .pop()
+                .expect("one result per item")
+                .map_err(nats_err)?
+        } else {
+            let msg = PublishMessage::build()
+                .payload(orig.payload.clone())
+                .headers(headers)
+                .message_id(msg_id);
+            js.send_publish(subject, msg)
+                .await
+                .map_err(nats_err)?
+                .await
+                .map_err(nats_err)?
+        };
         // Audited before the entry goes, so no redrive is ever unrecorded.
         audit::record(
             db,

@@ -29,7 +29,8 @@ impl Handler for Watch {
                         "max_deliveries"
                     };
                     // The consumer label is bounded to paystream's own durable names.
-                    let consumer = telemetry_consumer(&a.consumer);
+                    let consumer =
+                        telemetry_consumer(paystream_common::streams::service_of(&a.consumer));
                     counter!(names::DEAD_LETTERS, "consumer" => consumer, "kind" => kind)
                         .increment(1);
                     tracing::warn!(stream = %a.stream, consumer = %a.consumer, stream_seq = a.stream_seq, deliveries = a.deliveries, kind, reason = a.reason.as_deref().unwrap_or(""), "message dead-lettered");
@@ -61,7 +62,7 @@ pub async fn start(
     let loop_cfg = LoopConfig::new(CONSUMER, cfg, None);
     let ready = readiness.component("dlq consumer");
     tasks.spawn(consume::run(
-        consumer,
+        consume::Source::Single(consumer),
         loop_cfg,
         Watch,
         shutdown.clone(),

@@ -16,6 +16,7 @@ mod nats_restart;
 mod ordering;
 mod recon;
 mod recon_file;
+mod scale;
 mod sweeper;
 mod topology;
 mod up;

@@ -1,5 +1,6 @@
 //! The stream and consumer definitions the services apply are exactly the files in `nats/`
-//! (with default configuration nothing is substituted), and the server accepts them as written.
+//! (with default configuration nothing is substituted but, for partitioned services, the
+//! partition in the durable name and filter), and the server accepts them as written.
 
 use paystream_common::config::Config;
 use paystream_common::nats;
@@ -21,7 +22,12 @@ async fn applied_definitions_are_the_files() {
         let written: async_nats::jetstream::consumer::pull::Config =
             serde_json::from_str(text).unwrap();
         let name = written.durable_name.clone().unwrap();
-        let (_, applied) = streams::consumer_config(&cfg, &name).unwrap();
+        let service = streams::service_of(&name);
+        let (_, applied) = if streams::is_partitioned(&cfg, service).unwrap() {
+            streams::partition_consumer_config(&cfg, service, 0).unwrap()
+        } else {
+            streams::consumer_config(&cfg, service).unwrap()
+        };
         assert_eq!(applied, written, "nats/{file} is applied as written");
     }
 
@@ -53,21 +59,55 @@ async fn applied_definitions_are_the_files() {
         let written: async_nats::jetstream::consumer::pull::Config =
             serde_json::from_str(text).unwrap();
         let name = written.durable_name.clone().unwrap();
-        streams::ensure_consumer(&js, &cfg, &name).await.unwrap();
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .get_consumer(&name)
-            .await
-            .unwrap();
-        let got = consumer.info().await.unwrap().config.clone();
-        assert_eq!(
-            (got.max_deliver, &got.backoff),
-            (written.max_deliver, &written.backoff),
-            "{file}"
-        );
-        assert_eq!(got.ack_policy, written.ack_policy, "{file}");
+        let service = streams::service_of(&name);
+        let durables: Vec<String> = if streams::is_partitioned(&cfg, service).unwrap() {
+            streams::ensure_partition_consumers(&js, &cfg, service)
+                .await
+                .unwrap();
+            (0..cfg.partitions)
+                .map(|p| streams::partition_durable(service, p))
+                .collect()
+        } else {
+            streams::ensure_consumer(&js, &cfg, service).await.unwrap();
+            vec![name.clone()]
+        };
+        for (p, durable) in durables.iter().enumerate() {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_stream(stream)
+                .await
+                .unwrap()
+                .get_consumer(durable)
+                .await
+                .unwrap();
+            let got = consumer.info().await.unwrap().config.clone();
+            assert_eq!(
+                (got.max_deliver, &got.backoff),
+                (written.max_deliver, &written.backoff),
+                "{file}"
+            );
+            assert_eq!(got.ack_policy, written.ack_policy, "{file}");
+            assert_eq!(
+                (
+                    &got.priority_groups,
+                    &got.priority_policy,
+                    got.priority_timeout
+                ),
+                (
+                    &written.priority_groups,
+                    &written.priority_policy,
+                    written.priority_timeout
+                ),
+                "{file}: the server kept the ownership group"
+            );
+            if durables.len() > 1 {
+                let tokens: Vec<&str> = got.filter_subject.split('.').collect();
+                assert_eq!(
+                    tokens[2],
+                    p.to_string(),
+                    "{durable} filters its own partition"
+                );
+            }
+        }
     }
     // Partitions are configuration: a published subject is stored under its buyer's partition.
     js.publish("payments.request.b-42", "{}".into())
@@ -87,5 +127,9 @@ async fn applied_definitions_are_the_files() {
         (tokens.len(), tokens[0], tokens[1], tokens[3]),
         (4, "payments", "request", "b-42")
     );
-    assert!(tokens[2].parse::<u16>().unwrap() < 16);
+    assert_eq!(
+        tokens[2].parse::<u16>().unwrap(),
+        paystream_common::ownership::partition_of("b-42", 16),
+        "paystream computes the partition the server stores a buyer under"
+    );
 }
