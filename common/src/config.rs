@@ -256,7 +256,9 @@ pub fn parse_time_of_day(s: &str) -> Result<jiff::civil::Time, String> {
         && s.bytes().enumerate().all(|(i, b)| match i {
             2 | 5 => b == b':',
             _ => b.is_ascii_digit(),
-        });
+        })
+        // jiff reads second 60 (a leap second) as 59; a schedule has no use for it.
+        && s.get(6..8).is_none_or(|sec| sec < "60");
     let parsed = if s.len() == 5 {
         jiff::civil::Time::strptime("%H:%M", s)
     } else {
