@@ -1,5 +1,5 @@
 //! Reconciliation: runs, the rows that did not match, corrections keyed so that a day reconciled
-//! twice corrects nothing twice, a per-day lease, and a per-run staging table of file rows (so
+//! twice corrects nothing twice, and a per-run staging table of file rows (so
 //! duplicates and missing rows are found by queries, not by holding a whole file in memory).
 
 use sea_orm_migration::prelude::*;
@@ -51,14 +51,6 @@ enum ReconCorrections {
     Events,
     DeltaMinor,
     AtMs,
-}
-
-#[derive(DeriveIden)]
-enum ReconLeases {
-    Table,
-    Date,
-    Holder,
-    UntilMs,
 }
 
 /// Read by reconciliation to find our settled payments of a day.
@@ -166,16 +158,6 @@ impl MigrationTrait for Migration {
         .await?;
         m.create_table(
             Table::create()
-                .table(ReconLeases::Table)
-                .if_not_exists()
-                .col(string(ReconLeases::Date).primary_key())
-                .col(string(ReconLeases::Holder))
-                .col(big_integer(ReconLeases::UntilMs))
-                .to_owned(),
-        )
-        .await?;
-        m.create_table(
-            Table::create()
                 .table(ReconFileRows::Table)
                 .if_not_exists()
                 .col(big_pk_auto(ReconFileRows::Id))
@@ -233,7 +215,6 @@ impl MigrationTrait for Migration {
         .await?;
         for t in [
             ReconFileRows::Table.into_iden(),
-            ReconLeases::Table.into_iden(),
             ReconCorrections::Table.into_iden(),
             ReconRows::Table.into_iden(),
             ReconRuns::Table.into_iden(),

@@ -81,23 +81,6 @@ pub mod correction {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod lease {
-    use sea_orm::entity::prelude::*;
-
-    /// Who reconciles a day right now, until when.
-    #[sea_orm::model]
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "recon_leases")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub date: String,
-        pub holder: String,
-        pub until_ms: i64,
-    }
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 pub mod file_row {
     use sea_orm::entity::prelude::*;
 

@@ -30,7 +30,7 @@ use crate::store::{self, Fix, Fixed, Staged};
 /// correction transaction each).
 pub const CHUNK_ROWS: usize = 1_000;
 /// How long a run's lease on its day lasts without renewal (renewed every chunk).
-const LEASE_MS: i64 = 120_000;
+const LEASE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What a run needs: the database, and where files come from and reports go.
 #[derive(Clone)]
@@ -117,7 +117,7 @@ impl Reconciler {
     ) -> Result<Option<Report>, ReconError> {
         let day = date.to_string();
         let run_id = Uuid::new_v4().to_string();
-        if !store::lease_acquire(&self.db, &day, &run_id, now_ms() + LEASE_MS).await? {
+        if !store::lease_acquire(&self.db, &day, &run_id, LEASE).await? {
             return Err(ReconError::Busy(day));
         }
         if unless_done && store::completed(&self.db, &day).await? {
@@ -314,10 +314,11 @@ impl Reconciler {
 
     async fn renew(&self, day: &str, run_id: &str, renewed_ms: &mut i64) -> Result<(), ReconError> {
         let now = now_ms();
-        if now - *renewed_ms < LEASE_MS / 4 {
+        let quarter_ms = i64::try_from(LEASE.as_millis() / 4).unwrap_or(i64::MAX);
+        if now - *renewed_ms < quarter_ms {
             return Ok(());
         }
-        if !store::lease_acquire(&self.db, day, run_id, now + LEASE_MS).await? {
+        if !store::lease_acquire(&self.db, day, run_id, LEASE).await? {
             return Err(ReconError::LeaseLost(day.to_owned()));
         }
         *renewed_ms = now;

@@ -1,68 +1,43 @@
-//! Every SQL statement of the reconciler. Its own tables (runs, rows, corrections, leases,
-//! staging) and two reads of the payment tables (our settled payments of a day); corrections to
+//! Every SQL statement of the reconciler. Its own tables (runs, rows, corrections, staging), the
+//! per-day lease (through `common::ownership`) and two reads of the payment tables (our settled payments of a day); corrections to
 //! payments go through `paystream_payment::store::record_in`, in the same transaction as the
 //! correction's key.
 
 use std::collections::{HashMap, HashSet};
 
 use paystream_common::db::begin_write;
+use paystream_common::ownership;
 use paystream_common::settlement::RowKind;
 use paystream_common::state::PaymentState;
 use paystream_common::time::now_ms;
 use paystream_payment::store::{self as payments, Change, Recorded, StoreError};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Set, Statement, Value,
 };
 
 use crate::classify::Class;
-use crate::entity::{correction, file_row, lease, row, run};
+use crate::entity::{correction, file_row, row, run};
 
-/// Takes (or renews) the lease on `date` for `holder` until `until_ms`, unless someone else
-/// holds an unexpired one. Returns whether `holder` now holds it.
+/// The name of the lease on reconciling `date` (in `common::ownership`'s `leases`).
+fn lease_name(date: &str) -> String {
+    format!("recon:{date}")
+}
+
+/// Takes (or renews) the lease on reconciling `date` for `holder` until `ttl` from now, unless
+/// another run holds an unexpired one. Returns whether `holder` now holds it.
 pub async fn lease_acquire(
     db: &DatabaseConnection,
     date: &str,
     holder: &str,
-    until_ms: i64,
+    ttl: std::time::Duration,
 ) -> Result<bool, DbErr> {
-    let now = now_ms();
-    lease::Entity::insert(lease::ActiveModel {
-        date: Set(date.to_owned()),
-        holder: Set(String::new()),
-        until_ms: Set(0),
-    })
-    .on_conflict(
-        OnConflict::column(lease::Column::Date)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await?;
-    let n = lease::Entity::update_many()
-        .col_expr(lease::Column::Holder, Expr::value(holder))
-        .col_expr(lease::Column::UntilMs, Expr::value(until_ms))
-        .filter(lease::Column::Date.eq(date))
-        .filter(
-            Condition::any()
-                .add(lease::Column::Holder.eq(holder))
-                .add(lease::Column::UntilMs.lt(now)),
-        )
-        .exec(db)
-        .await?
-        .rows_affected;
-    Ok(n == 1)
+    ownership::try_lease(db, &lease_name(date), holder, ttl).await
 }
 
 pub async fn lease_release(db: &DatabaseConnection, date: &str, holder: &str) -> Result<(), DbErr> {
-    lease::Entity::update_many()
-        .col_expr(lease::Column::UntilMs, Expr::value(0i64))
-        .filter(lease::Column::Date.eq(date))
-        .filter(lease::Column::Holder.eq(holder))
-        .exec(db)
-        .await
-        .map(|_| ())
+    ownership::release_lease(db, &lease_name(date), holder).await
 }
 
 pub async fn run_start(
