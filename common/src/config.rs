@@ -208,6 +208,10 @@ pub struct Config {
     /// Sweeper attempts per payment before it is left for reconciliation.
     #[arg(long, env = "PAYSTREAM_SWEEP_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..=1000), global = true)]
     pub sweep_max_attempts: i32,
+    /// How often the ledger service sums debits and credits per currency for
+    /// `paystream_ledger_imbalance_minor` (a full scan of the ledger: keep it minutes on a big one).
+    #[arg(long, env = "PAYSTREAM_LEDGER_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub ledger_check_interval: Duration,
     /// An instance whose membership heartbeat is older than this is taken for dead and its
     /// partitions move to the others (heartbeats go every quarter of it).
     #[arg(long, env = "PAYSTREAM_MEMBER_TTL", default_value = "5s", value_parser = parse_duration, global = true)]

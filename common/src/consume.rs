@@ -532,8 +532,16 @@ async fn handle_batch<H: Handler>(cfg: &LoopConfig, handler: &H, batch: &[Messag
     if let (Some(db), false) = (&cfg.failures, failed.is_empty()) {
         let record = async {
             for f in &failed {
-                crate::failures::record(db, cfg.name, &f.stream, f.seq, f.delivered, &f.error)
-                    .await?;
+                crate::failures::record(
+                    db,
+                    cfg.name,
+                    &f.stream,
+                    f.seq,
+                    f.delivered,
+                    &f.error,
+                    f.at_ms,
+                )
+                .await?;
             }
             Ok::<(), sea_orm::DbErr>(())
         };
@@ -553,6 +561,8 @@ struct Failed {
     seq: u64,
     delivered: i64,
     error: String,
+    /// When it was given back.
+    at_ms: i64,
 }
 
 /// Acks, NAKs with the backoff delay, or terminates with a reason. A failed ack is only logged:
@@ -583,6 +593,7 @@ async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) -> Option<Fai
                 seq,
                 delivered,
                 error,
+                at_ms: crate::time::now_ms(),
             });
             msg.ack_with(AckKind::Nak(Some(delay))).await
         }

@@ -28,7 +28,8 @@ pub mod failure {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Appends one failed attempt.
+/// Appends one failed attempt, made at `at_ms` (when the consumer gave the message back, not when
+/// this row is written: the write may lag behind on a loaded database).
 pub async fn record(
     db: &DatabaseConnection,
     consumer: &str,
@@ -36,6 +37,7 @@ pub async fn record(
     stream_seq: u64,
     delivered: i64,
     error: &str,
+    at_ms: i64,
 ) -> Result<(), DbErr> {
     failure::Entity::insert(failure::ActiveModel {
         consumer: Set(consumer.to_owned()),
@@ -43,7 +45,7 @@ pub async fn record(
         stream_seq: Set(i64::try_from(stream_seq).unwrap_or(i64::MAX)),
         delivered: Set(delivered),
         error: Set(crate::text::bounded(error, 1000)),
-        at_ms: Set(crate::time::now_ms()),
+        at_ms: Set(at_ms),
         ..Default::default()
     })
     .exec_without_returning(db)

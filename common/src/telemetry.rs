@@ -72,7 +72,14 @@ pub mod names {
     pub const RECON_DURATION: &str = "paystream_recon_duration_seconds";
     pub const RECON_LAST_RUN: &str = "paystream_recon_last_run_timestamp_seconds";
     pub const RECON_MANUAL_REVIEW: &str = "paystream_recon_manual_review_rows";
+    pub const CONSUMER_LAG: &str = "paystream_consumer_lag";
+    pub const LEDGER_IMBALANCE: &str = "paystream_ledger_imbalance_minor";
+    pub const PAYMENTS_UNKNOWN_OLDEST: &str = "paystream_payments_unknown_oldest_seconds";
 }
+
+/// Services whose consumer lag is reported: the durable consumers they own are named after them
+/// (`wallet`, or `wallet-p3` once consumers are per partition).
+pub const LAG_SERVICES: [&str; 4] = ["payment", "wallet", "ledger", "dlq"];
 
 /// Consumers whose series are pre-registered.
 pub const CONSUMERS: [&str; 3] = ["payment", "wallet", "ledger"];
@@ -331,6 +338,23 @@ fn register_catalogue() {
         }
     }
     gauge!(OUTBOX_RELAY_ACTIVE).set(0.0);
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages a service's durable consumers have not finished: num_pending + num_ack_pending."
+    );
+    for service in LAG_SERVICES {
+        gauge!(CONSUMER_LAG, "consumer" => service).set(0.0);
+    }
+    describe_gauge!(
+        LEDGER_IMBALANCE,
+        "Σ debits − Σ credits of the ledger per currency (0 when balanced), from a periodic check."
+    );
+    describe_gauge!(
+        PAYMENTS_UNKNOWN_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest payment in UNKNOWN (0 when none)."
+    );
+    gauge!(PAYMENTS_UNKNOWN_OLDEST).set(0.0);
     register_recon();
 }
 

@@ -5,6 +5,7 @@
 //! Architecture Invariant: only this crate writes ledger entries; Σ debits = Σ credits per
 //! currency is asserted for every posting before commit.
 
+pub mod balance_watch;
 pub mod check;
 pub mod entity;
 pub mod posting;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use paystream_common::config::Config;
 use paystream_common::consume::{self, LoopConfig};
-use paystream_common::shutdown::Shutdown;
+use paystream_common::shutdown::{Shutdown, Trigger};
 use paystream_common::streams::TopologyError;
 use paystream_common::telemetry::Readiness;
 use sea_orm::DatabaseConnection;
@@ -59,7 +59,10 @@ pub async fn start<P: psp::Psp>(
     };
     let loop_cfg = LoopConfig::new(CONSUMER, cfg, Some(db.clone()));
     let ready = readiness.component("payment consumer");
-    tasks.spawn(consume::run(
+    // The consumer and the sweeper commit events; the relay must outlive both, so that what they
+    // commit while draining on shutdown is published before the process exits.
+    let mut producers = JoinSet::new();
+    producers.spawn(consume::run(
         source,
         loop_cfg,
         intake,
@@ -75,13 +78,34 @@ pub async fn start<P: psp::Psp>(
         lease: (cfg.psp_timeout * 2 + cfg.psp_connect_timeout * 2) * rounds(256)
             + cfg.sweep_interval,
     };
-    tasks.spawn(sweeper::run(
+    producers.spawn(sweeper::run(
         db.clone(),
         psp,
         sweeper_cfg,
         wake.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(outbox::run(db, js, wake, cfg.member_ttl, shutdown));
+    let (relay_stop, relay_shutdown) = paystream_common::shutdown::channel();
+    tasks.spawn(supervise(producers, relay_stop, shutdown));
+    tasks.spawn(outbox::run(db, js, wake, cfg.member_ttl, relay_shutdown));
     Ok(())
+}
+
+/// Waits for the producers of events, then stops the relay (which makes its last pass). A
+/// producer that panics or ends before shutdown ends this task too (re-raising the panic), so the
+/// process notices it as it would the producer itself.
+async fn supervise(mut producers: JoinSet<()>, relay_stop: Trigger, shutdown: Shutdown) {
+    while let Some(ended) = producers.join_next().await {
+        if let Err(e) = ended
+            && e.is_panic()
+        {
+            relay_stop.fire();
+            std::panic::resume_unwind(e.into_panic());
+        }
+        if !shutdown.is_fired() {
+            relay_stop.fire();
+            return;
+        }
+    }
+    relay_stop.fire();
 }

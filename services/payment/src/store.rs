@@ -572,3 +572,15 @@ pub async fn unresolved_counts(
         .await?;
     Ok((unknown, exhausted))
 }
+
+/// When the oldest payment now in UNKNOWN was created (ms since the epoch), if any.
+pub async fn oldest_unknown_created_ms(db: &DatabaseConnection) -> Result<Option<i64>, DbErr> {
+    payment::Entity::find()
+        .select_only()
+        .column_as(payment::Column::CreatedAtMs.min(), "oldest")
+        .filter(payment::Column::State.eq(PaymentState::Unknown.as_str()))
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await
+        .map(Option::flatten)
+}

@@ -78,6 +78,10 @@ pub async fn run<P: Psp>(
             gauge!(names::PAYMENTS_UNKNOWN).set(unknown as f64);
             gauge!(names::SWEEPER_EXHAUSTED).set(exhausted as f64);
         }
+        if let Ok(oldest) = store::oldest_unknown_created_ms(&db).await {
+            let age_ms = oldest.map_or(0, |at| now_ms().saturating_sub(at).max(0));
+            gauge!(names::PAYMENTS_UNKNOWN_OLDEST).set(age_ms as f64 / 1000.0);
+        }
     }
     tracing::info!("sweeper stopped");
 }

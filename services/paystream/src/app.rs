@@ -11,7 +11,7 @@ use paystream_common::config::Config;
 use paystream_common::nats_server::{self, NatsServer, ServerOptions};
 use paystream_common::shutdown::{self, Shutdown, Trigger};
 use paystream_common::telemetry::{self, Readiness};
-use paystream_common::{apply, db, nats, streams};
+use paystream_common::{apply, db, health, lag, nats, streams};
 use paystream_migrations::{Migrator, MigratorTrait};
 use paystream_payment::psp::HttpPsp;
 use paystream_psp_sim::{Drift, SimConfig, Simulator};
@@ -60,7 +60,22 @@ pub struct App {
     pub readiness: Readiness,
     trigger: Trigger,
     tasks: JoinSet<()>,
+    /// The PSP simulator, stopped only after the services drained: their last PSP calls on
+    /// shutdown still get answers instead of becoming UNKNOWN.
+    sim: Option<SimTask>,
     nats_server: Option<NatsServer>,
+}
+
+struct SimTask {
+    stop: Trigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SimTask {
+    /// An `App` dropped without `shutdown` (start-up failed) leaves no simulator behind.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl App {
@@ -68,6 +83,10 @@ impl App {
     pub async fn shutdown(mut self) {
         self.trigger.fire();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(mut sim) = self.sim.take() {
+            sim.stop.fire();
+            let _ = (&mut sim.task).await;
+        }
         if let Some(server) = self.nats_server.take() {
             server.stop().await;
         }
@@ -78,11 +97,21 @@ impl App {
     /// that panicked a consumer, say) is not left silently dead: the process shuts down and
     /// reports it, so its supervisor restarts it and the messages are redelivered.
     pub async fn run_until_signal(mut self) -> Result<(), String> {
+        let sim_ended = async {
+            match self.sim.as_mut() {
+                Some(sim) => (&mut sim.task).await,
+                None => std::future::pending().await,
+            }
+        };
         let failure = tokio::select! {
             () = shutdown::signal() => None,
             ended = self.tasks.join_next() => Some(match ended {
                 Some(Err(e)) if e.is_panic() => format!("a task panicked: {e}"),
                 _ => "a task stopped unexpectedly".to_owned(),
+            }),
+            ended = sim_ended => Some(match ended {
+                Err(e) if e.is_panic() => format!("the PSP simulator panicked: {e}"),
+                _ => "the PSP simulator stopped unexpectedly".to_owned(),
             }),
         };
         if let Some(f) = &failure {
@@ -118,12 +147,10 @@ pub fn sim_config(cfg: &Config) -> SimConfig {
     }
 }
 
-/// Starts the simulator on `cfg.psp_sim_addr`; returns its base URL.
-async fn start_sim(
-    cfg: &Config,
-    shutdown: Shutdown,
-    tasks: &mut JoinSet<()>,
-) -> anyhow::Result<String> {
+/// Starts the simulator on `cfg.psp_sim_addr`; returns its base URL and its task, which runs
+/// until its own trigger fires.
+async fn start_sim(cfg: &Config) -> anyhow::Result<(String, SimTask)> {
+    let (stop, shutdown) = shutdown::channel();
     let sim = Simulator::open(sim_config(cfg))
         .await
         .context("opening the PSP simulator's store")?;
@@ -131,13 +158,13 @@ async fn start_sim(
         .await
         .with_context(|| format!("binding the PSP simulator to {}", cfg.psp_sim_addr))?;
     let addr = listener.local_addr()?;
-    tasks.spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = sim.serve(listener, shutdown.into_future()).await {
             tracing::error!(error = %e, "PSP simulator stopped");
         }
     });
     tracing::info!(%addr, "PSP simulator listening");
-    Ok(format!("http://{addr}"))
+    Ok((format!("http://{addr}"), SimTask { stop, task }))
 }
 
 /// Connects to the database, retrying until it answers or shutdown; then migrates.
@@ -214,8 +241,11 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
     }
 
     let mut psp_url = cfg.psp_url.clone();
+    let mut sim = None;
     if psp_url.is_none() && parts.psp_sim {
-        psp_url = Some(start_sim(&cfg, shutdown.clone(), &mut tasks).await?);
+        let (url, task) = start_sim(&cfg).await?;
+        psp_url = Some(url);
+        sim = Some(task);
     }
 
     let mut app = App {
@@ -226,9 +256,19 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
         readiness: readiness.clone(),
         trigger,
         tasks,
+        sim,
         nats_server,
     };
     if !parts.any_service() {
+        // Nothing to follow (the simulator alone): still keep `paystream_ready` current.
+        app.tasks.spawn(health::watch(
+            health::Watched {
+                nats: None,
+                database: None,
+            },
+            readiness.clone(),
+            shutdown.clone(),
+        ));
         return Ok(app);
     }
 
@@ -239,6 +279,16 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
 
     let streams_ready = readiness.component("streams");
     let client = nats::connect(&cfg, "paystream", true).await?;
+    // From here on `/readyz` follows both connections at run time, not only at start-up.
+    let nats_ready = readiness.component("nats");
+    app.tasks.spawn(health::watch(
+        health::Watched {
+            nats: Some((client.clone(), nats_ready)),
+            database: Some((conn.clone(), db_ready)),
+        },
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let js = nats::jetstream(client.clone());
     // NATS may still be starting (or be down): wait for it, as for the database. A definition
     // the server refuses is not worth waiting for.
@@ -311,6 +361,37 @@ pub async fn start(cfg: Config, parts: Parts) -> anyhow::Result<App> {
             &mut app.tasks,
         )
         .await?;
+    }
+    if parts.ledger {
+        app.tasks.spawn(paystream_ledger::balance_watch::run(
+            conn.clone(),
+            cfg.ledger_check_interval,
+            shutdown.clone(),
+        ));
+    }
+    // Each service reports the lag of the durable consumers it owns.
+    for (on, stream, service) in [
+        (
+            parts.payment,
+            streams::PAYMENTS,
+            paystream_payment::CONSUMER,
+        ),
+        (
+            parts.wallet,
+            streams::PAYMENT_EVENTS,
+            paystream_wallet::CONSUMER,
+        ),
+        (
+            parts.ledger,
+            streams::PAYMENT_EVENTS,
+            paystream_ledger::CONSUMER,
+        ),
+        (parts.dlq, streams::DEAD_LETTERS, crate::dlq_watch::CONSUMER),
+    ] {
+        if on {
+            app.tasks
+                .spawn(lag::run(js.clone(), stream, service, shutdown.clone()));
+        }
     }
     if parts.dlq {
         crate::dlq_watch::start(

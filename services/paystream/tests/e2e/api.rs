@@ -1,4 +1,5 @@
-//! The NATS micro service, driven by a plain NATS client: `$SRV.PING` finds it, the query
+//! The NATS micro service, driven by a plain NATS client: `$SRV.PING` finds it, `$SRV.INFO`
+//! lists its endpoints, `$SRV.STATS` counts their requests and errors, the query
 //! endpoints answer the same JSON as the CLI's `--json`, errors come as service-error headers,
 //! and the dead-letter endpoints list and purge.
 
@@ -136,6 +137,51 @@ async fn service_api() {
         paystream::audit::count(db, "dlq.purge").await.unwrap(),
         1,
         "purge audited"
+    );
+    // `nats micro info` / `nats micro stats` ask these: every endpoint listed, requests and
+    // errors counted per endpoint.
+    let info: Value =
+        serde_json::from_slice(&ask(&client, "$SRV.INFO.paystream", json!({})).await.payload)
+            .unwrap();
+    assert_eq!(info["type"], "io.nats.micro.v1.info_response");
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    for subject in [
+        "paystream.status",
+        "paystream.balance",
+        "paystream.ledger.check",
+        "paystream.dlq.list",
+        "paystream.dlq.show",
+        "paystream.dlq.redrive",
+        "paystream.dlq.purge",
+        "paystream.audit",
+    ] {
+        assert!(subjects.contains(&subject), "{subject} in {subjects:?}");
+    }
+    let stats: Value = serde_json::from_slice(
+        &ask(&client, "$SRV.STATS.paystream", json!({}))
+            .await
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    let status_stats = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["subject"] == "paystream.status")
+        .expect("stats of paystream.status");
+    assert_eq!(
+        (
+            status_stats["num_requests"].as_u64(),
+            status_stats["num_errors"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "one answer and one 404: {status_stats}"
     );
     let trail = answer(&ask(&client, "paystream.audit", json!({})).await);
     assert_eq!(trail[0]["action"], "dlq.purge");

@@ -136,32 +136,5 @@ async fn cli_json_contract() {
     );
     let (code, _, _) = paystream(&env, &["status"]);
     assert_eq!(code, 2, "missing argument: usage");
-    dashboards_use_exported_metrics(&env.metrics().await);
     env.shutdown().await;
-}
-
-/// Every metric a Grafana panel queries is one the running services export.
-fn dashboards_use_exported_metrics(exposition: &str) {
-    let exported: std::collections::BTreeSet<&str> = exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../grafana/dashboards");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(&dir).expect("grafana/dashboards exists") {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for (i, _) in text.match_indices("paystream_") {
-            let name: String = text[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            assert!(
-                exported.contains(name.as_str()),
-                "dashboard queries {name}, which is not exported"
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked > 10, "the dashboards query paystream metrics");
 }

@@ -1,12 +1,15 @@
 //! `paystream up` as a user runs it: no NATS URL and no PSP URL, so it starts its own nats-server
-//! and simulator; the client commands find it through the data dir; SIGTERM stops it cleanly.
+//! and simulator; the client commands find it through the data dir; every metric the dashboards
+//! and alert rules query is exported; SIGTERM stops it cleanly, draining the work in hand.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::helpers::eventually;
+use crate::helpers::{eventually, scalar};
 
-fn paystream(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn paystream(data: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args(args)
         .env_clear()
@@ -15,13 +18,25 @@ fn paystream(data: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("paystream runs")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_embedded() {
-    let data = tempfile::tempdir().unwrap();
-    let mut up = Command::new(env!("CARGO_BIN_EXE_paystream"))
+/// A running `paystream up`, killed if the test ends without stopping it (a failed assertion must
+/// not leave it running).
+struct Up(Option<Child>);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `paystream up` on `data` with ports picked by the OS; its log goes to `data/up.log`.
+fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Up {
+    let child = Command::new(env!("CARGO_BIN_EXE_paystream"))
         .arg("up")
         .env_clear()
-        .env("PAYSTREAM_DATA_DIR", data.path())
+        .env("PAYSTREAM_DATA_DIR", data)
         .env(
             "PAYSTREAM_NATS_SERVER_BIN",
             paystream_testkit::nats_server_bin(),
@@ -29,11 +44,79 @@ async fn up_embedded() {
         .env("PAYSTREAM_EMBEDDED_NATS_PORT", "0")
         .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PSP_SIM_ADDR", "127.0.0.1:0")
+        .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(data.path().join("up.log")).unwrap())
+        .stderr(std::fs::File::create(data.join("up.log")).unwrap())
         .spawn()
         .unwrap();
+    Up(Some(child))
+}
+
+/// Where `up` serves `/metrics`: the address it logged ("metrics and health endpoints listening").
+fn http_addr(data: &Path) -> Option<String> {
+    let log = std::fs::read_to_string(data.join("up.log")).ok()?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("metrics and health endpoints listening"))?;
+    let plain = strip_ansi(line);
+    let at = plain.find("http_addr=")? + "http_addr=".len();
+    Some(
+        plain[at..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_owned(),
+    )
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// SIGTERM, then the exit status within `bound`, with the log for the assertion message.
+async fn terminate(mut up: Up, data: &Path, bound: Duration) -> (std::process::ExitStatus, String) {
+    let mut up = up.0.take().expect("up is running");
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        if let Some(s) = up.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = up.kill();
+            let _ = up.wait();
+            panic!("paystream up did not stop within {bound:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(data.join("up.log")).unwrap_or_default();
+    (status, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_embedded() {
+    let data = tempfile::tempdir().unwrap();
+    // The ledger's balance check runs every second, so its gauge has a USD series soon after
+    // the first payment.
+    let up = spawn_up(data.path(), &[("PAYSTREAM_LEDGER_CHECK_INTERVAL", "1s")]);
     let dir = data.path().to_path_buf();
     eventually(Duration::from_secs(30), "up accepts a payment", || {
         let dir = dir.clone();
@@ -66,18 +149,196 @@ async fn up_embedded() {
     .await;
     let check = paystream(data.path(), &["ledger", "check", "--json"]);
     assert!(check.status.success());
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(up.id().to_string())
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || up.wait().unwrap())
-        .await
-        .unwrap();
-    let log = std::fs::read_to_string(data.path().join("up.log")).unwrap_or_default();
+
+    let addr = http_addr(data.path()).expect("up logged its HTTP address");
+    let url = format!("http://{addr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exposition = loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if text.contains(r#"paystream_ledger_imbalance_minor{currency="USD"} 0"#) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ledger gauge has no USD series:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    rules_and_dashboards_use_exported_metrics(&exposition);
+    compose_health_check_passes(&addr).await;
+
+    let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
     assert!(
         status.success(),
         "SIGTERM is a graceful stop: {status:?}\n{log}"
     );
     assert!(log.contains("consumer stopped"), "consumers drained: {log}");
+}
+
+/// The health check compose.yaml gives every paystream container, run as written against this
+/// process (its address instead of the container's :9464): it passes while `/readyz` is 200.
+async fn compose_health_check_passes(addr: &str) {
+    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compose.yaml");
+    let text = std::fs::read_to_string(compose).unwrap();
+    let check = text
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("test: "))
+        .find(|t| t.contains("/readyz"))
+        .expect("compose.yaml has the paystream health check");
+    let argv: Vec<String> = serde_json::from_str(check).expect("an exec-form test (JSON array)");
+    assert_eq!(argv[0], "CMD", "{argv:?}");
+    let argv: Vec<String> = argv[1..]
+        .iter()
+        .map(|a| a.replace("127.0.0.1:9464", addr))
+        .collect();
+    // Readiness follows the partition readers one membership heartbeat behind, so the check
+    // may need a moment after start-up, as in a container's start period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{argv:?} still fails after 10 s: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every `paystream_*` metric a Grafana panel or an alert rule queries is one that the running
+/// `paystream up` exports.
+fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
+    let exported: BTreeSet<&str> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files: Vec<_> = std::fs::read_dir(root.join("grafana/dashboards"))
+        .expect("grafana/dashboards exists")
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(root.join("deploy/alerts.yml"));
+    let mut checked = BTreeSet::new();
+    let mut label_pairs = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (i, _) in text.match_indices("paystream_") {
+            if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                continue; // part of another word (a uid, a file name)
+            }
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                exported.contains(name.as_str()),
+                "{} queries {name}, which `paystream up` does not export",
+                file.display()
+            );
+            // Equality matchers (`{outcome="unknown"}`) name a label value some series has.
+            let rest = &text[i + name.len()..];
+            if let Some(selector) = rest.strip_prefix('{').and_then(|r| r.split('}').next()) {
+                let selector = selector.replace("\\\"", "\""); // as written in JSON: \"
+                for matcher in selector.split(',').map(str::trim) {
+                    let Some((label, value)) = matcher.split_once("=\"") else {
+                        continue;
+                    };
+                    if label.ends_with(['!', '=', '~']) {
+                        continue;
+                    }
+                    let pair = format!("{label}=\"{}\"", value.trim_end_matches('"'));
+                    assert!(
+                        exposition
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(&pair)),
+                        "{} queries {name} with {pair}, which no exported series has",
+                        file.display()
+                    );
+                    label_pairs += 1;
+                }
+            }
+            checked.insert(name);
+        }
+    }
+    assert!(
+        label_pairs >= 4,
+        "label matchers in rules and dashboards are checked"
+    );
+    assert!(
+        checked.len() > 25,
+        "the dashboards and rules query paystream metrics: {checked:?}"
+    );
+}
+
+/// SIGTERM while payments are in flight: the batch in hand is finished (no payment is left
+/// EXECUTING) and every committed event is published before the process exits; what was not
+/// taken yet is completed by the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_sigterm_drains_in_flight_work() {
+    const PAYMENTS: usize = 600;
+    let data = tempfile::tempdir().unwrap();
+    // A slow PSP keeps work in hand; short retry schedules let the next start finish quickly
+    // what the stop left to redelivery or to the sweeper.
+    let slow_psp = [
+        ("PAYSTREAM_PSP_SIM_LATENCY_MS", "200"),
+        ("PAYSTREAM_BACKOFF", "200ms,500ms,1s"),
+        ("PAYSTREAM_SWEEP_INTERVAL", "250ms"),
+    ];
+    let up = spawn_up(data.path(), &slow_psp);
+    let url_file = data.path().join("nats.url");
+    eventually(Duration::from_secs(30), "up writes its NATS URL", || {
+        let f = url_file.clone();
+        async move { f.exists() && http_addr(f.parent().unwrap()).is_some() }
+    })
+    .await;
+    let nats_url = std::fs::read_to_string(&url_file).unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url.trim()).await.unwrap());
+    let requests = crate::helpers::requests(PAYMENTS, 40, 5, "drain");
+    crate::helpers::publish_all(&js, &requests).await;
+    let db_url = format!(
+        "sqlite://{}?mode=rw",
+        data.path().join("paystream.sqlite").display()
+    );
+    let db = paystream_common::db::connect(&db_url).await.unwrap();
+    eventually(Duration::from_secs(30), "payments under way", || async {
+        scalar(&db, "SELECT COUNT(*) FROM payments").await >= 50
+    })
+    .await;
+    let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
+    assert!(status.success(), "graceful stop: {status:?}\n{log}");
+    let started = scalar(&db, "SELECT COUNT(*) FROM payments").await;
+    let executing = scalar(
+        &db,
+        "SELECT COUNT(*) FROM payments WHERE state = 'EXECUTING'",
+    )
+    .await;
+    let unpublished = scalar(
+        &db,
+        "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL",
+    )
+    .await;
+    let unknown = scalar(&db, "SELECT COUNT(*) FROM payments WHERE state = 'UNKNOWN'").await;
+    eprintln!(
+        "SIGTERM with {started} of {PAYMENTS} payments taken: {executing} EXECUTING, {unknown} \
+         UNKNOWN, {unpublished} events unpublished"
+    );
+    assert_eq!(executing, 0, "the batch in hand was finished\n{log}");
+    assert_eq!(
+        unknown, 0,
+        "the simulator outlives the services in `up`: their last PSP calls were answered\n{log}"
+    );
+    assert_eq!(unpublished, 0, "every committed event was published\n{log}");
+
+    let up = spawn_up(data.path(), &slow_psp);
+    let restarted = Instant::now();
+    crate::helpers::wait_settled(&db, PAYMENTS as i64, Duration::from_secs(60)).await;
+    eprintln!("restarted: all settled in {:?}", restarted.elapsed());
+    let check = paystream(data.path(), &["ledger", "check", "--json"]);
+    assert!(check.status.success(), "ledger balances after the restart");
+    let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
+    assert!(status.success(), "graceful stop: {status:?}\n{log}");
 }

@@ -1,0 +1,220 @@
+//! What an operator deploys, checked without the tools this machine lacks (a Docker engine, the
+//! NATS CLI): the Prometheus configuration and alert rules with promtool (rule unit tests
+//! included), compose.yaml and the Dockerfile with scripts/check-compose.py, the NATS cluster
+//! configuration with `nats-server -t`; and the gauges the alerts rely on against a real server.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use paystream_testkit::{Backend, TestNats};
+
+use crate::helpers::{Env, eventually, scalar, wait_settled};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a checker; fails the test with its output unless it exits 0.
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run ({e}); scripts/setup.sh installs it"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prometheus_config_and_alert_rules() {
+    run_ok(
+        Command::new("promtool").args(["check", "config", "deploy/prometheus.yml"]),
+        "promtool check config",
+    );
+    run_ok(
+        Command::new("promtool").args(["check", "rules", "deploy/alerts.yml"]),
+        "promtool check rules",
+    );
+    // The rules fire on series shaped like ours, and stay quiet otherwise.
+    run_ok(
+        Command::new("promtool").args(["test", "rules", "deploy/alerts.test.yml"]),
+        "promtool test rules",
+    );
+}
+
+#[test]
+fn compose_and_dockerfile() {
+    run_ok(
+        Command::new(root().join(".venv/bin/python"))
+            .arg("scripts/check-compose.py")
+            .arg(env!("CARGO_BIN_EXE_paystream")),
+        "scripts/check-compose.py",
+    );
+}
+
+#[test]
+fn nats_cluster_config_is_valid() {
+    run_ok(
+        Command::new(paystream_testkit::nats_server_bin())
+            .args(["-c", "deploy/nats/cluster.conf", "-t"])
+            .env("SERVER_NAME", "nats-1"),
+        "nats-server -t deploy/nats/cluster.conf",
+    );
+}
+
+/// The lag of a service sums num_pending + num_ack_pending over the consumers it owns (`wallet`,
+/// `wallet-p…`), and nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_counts_owned_consumers() {
+    let nats = TestNats::start(false).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let s = js
+        .create_stream(stream::Config {
+            name: "LAG".into(),
+            subjects: vec!["lag.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut consumers = Vec::new();
+    for name in ["wallet", "wallet-p1", "walletx", "ledger"] {
+        consumers.push(
+            s.create_consumer(pull::Config {
+                durable_name: Some(name.into()),
+                ack_wait: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    for i in 0..5 {
+        js.publish(format!("lag.{i}"), Bytes::from_static(b"x"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let lag = |service: &'static str| {
+        let js = js.clone();
+        async move {
+            paystream_common::lag::lag(&js, "LAG", service)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(lag("wallet").await, 10, "wallet and wallet-p1, not walletx");
+    assert_eq!(lag("ledger").await, 5);
+    assert_eq!(lag("payment").await, 0, "owns nothing here");
+
+    use futures::StreamExt;
+    // wallet: two delivered and acked → done; wallet-p1: one delivered, not acked → still lag.
+    let mut batch = consumers[0]
+        .fetch()
+        .max_messages(2)
+        .messages()
+        .await
+        .unwrap();
+    while let Some(m) = batch.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+    let mut batch = consumers[1]
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .unwrap();
+    let held = batch.next().await.unwrap().unwrap();
+    assert_eq!(
+        lag("wallet").await,
+        8,
+        "acked messages leave the lag, held ones do not"
+    );
+    held.double_ack().await.unwrap();
+    assert_eq!(lag("wallet").await, 7);
+    let err = paystream_common::lag::lag(&js, "NO_SUCH_STREAM", "wallet").await;
+    assert!(err.is_err(), "a missing stream is an error, not 0");
+}
+
+/// `paystream_ledger_imbalance_minor{currency}` is 0 while the ledger balances and shows the
+/// difference as soon as someone writes an unbalanced entry by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_imbalance_gauge() {
+    let env = Env::start(Backend::Sqlite, &["--ledger-check-interval=200ms"])
+        .await
+        .expect("SQLite always runs");
+    let js = paystream_common::nats::jetstream(env.client().await);
+    crate::helpers::publish_all(&js, &crate::helpers::requests(3, 3, 1, "imb")).await;
+    let db = env.db();
+    wait_settled(db, 3, Duration::from_secs(20)).await;
+    let balanced = r#"paystream_ledger_imbalance_minor{currency="USD"} 0"#;
+    eventually(
+        Duration::from_secs(5),
+        "USD checked and balanced",
+        || async { env.metrics().await.contains(balanced) },
+    )
+    .await;
+    let entries = scalar(db, "SELECT COUNT(*) FROM ledger_entries").await;
+    assert_eq!(entries, 6, "three balanced postings of two entries");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        db,
+        "INSERT INTO ledger_entries (event_id, payment_id, account, currency, debit, credit, at_ms) \
+         VALUES ('manual', 'manual', 'psp_clearing:USD', 'USD', 5, 0, 0)",
+    )
+    .await
+    .expect("a hand-written entry");
+    eventually(
+        Duration::from_secs(5),
+        "the imbalance is reported",
+        || async {
+            env.metrics()
+                .await
+                .contains(r#"paystream_ledger_imbalance_minor{currency="USD"} 5"#)
+        },
+    )
+    .await;
+    env.shutdown().await;
+}
+
+/// `paystream_payments_unknown_oldest_seconds` (the UNKNOWN-ageing alert) grows while a payment
+/// stays UNKNOWN: here the PSP answers every charge with a 5xx, so the sweeper cannot settle it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_payment_ageing_gauge() {
+    let env = Env::start(
+        Backend::Sqlite,
+        &["--psp-sim-error-rate=1", "--sweep-interval=200ms"],
+    )
+    .await
+    .expect("SQLite always runs");
+    let js = paystream_common::nats::jetstream(env.client().await);
+    crate::helpers::publish_all(&js, &crate::helpers::requests(1, 1, 1, "age")).await;
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    eventually(
+        Duration::from_secs(20),
+        "one payment UNKNOWN for over 1.5 s",
+        || async {
+            let text = env.metrics().await;
+            gauge(&text, "paystream_payments_unknown") == Some(1.0)
+                && gauge(&text, "paystream_payments_unknown_oldest_seconds")
+                    .is_some_and(|age| age > 1.5)
+        },
+    )
+    .await;
+    let state = scalar(
+        env.db(),
+        "SELECT COUNT(*) FROM payments WHERE state = 'UNKNOWN'",
+    )
+    .await;
+    assert_eq!(state, 1, "the gauge describes the table");
+    env.shutdown().await;
+}
