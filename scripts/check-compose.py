@@ -31,10 +31,6 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# Subcommands that another branch adds; the check accepts them until that branch is merged.
-# LEAD: remove `serve reconciler` once the reconciler is on main (it must then pass --help).
-PENDING_COMMANDS = {("serve", "reconciler")}
-
 # Variables read by the containers' tools, not by paystream's Config.
 NON_CONFIG_ENV = {"RUST_LOG"}
 
@@ -135,8 +131,6 @@ def check(binary):
             key = tuple(cmd[:2]) if cmd[:1] == ["serve"] else tuple(cmd[:1])
             if not cmd:
                 problems.append(f"{name}: no command (the image has no default role)")
-            elif key in PENDING_COMMANDS:
-                print(f"check-compose: {name}: `{' '.join(key)}` accepted as pending (another branch adds it)")
             elif key not in commands_checked:
                 run = subprocess.run([binary, *key, "--help"], capture_output=True, text=True)
                 if run.returncode != 0:

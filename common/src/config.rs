@@ -305,6 +305,45 @@ pub struct Config {
         global = true
     )]
     pub embedded_nats_port: u16,
+
+    /// Local time of the nightly reconciliation (`HH:MM` or `HH:MM:SS`), in `PAYSTREAM_RECON_TZ`;
+    /// it reconciles the previous day.
+    #[arg(long, env = "PAYSTREAM_RECON_AT", default_value = "00:00", value_parser = parse_time_of_day, global = true)]
+    pub recon_at: jiff::civil::Time,
+    /// IANA time zone of `PAYSTREAM_RECON_AT` (e.g. `Europe/Paris`).
+    #[arg(long, env = "PAYSTREAM_RECON_TZ", default_value = "UTC", value_parser = parse_time_zone, global = true)]
+    pub recon_tz: jiff::tz::TimeZone,
+    /// Directory where settlement files are dropped (`<YYYY-MM-DD>.csv`); a file there is used
+    /// instead of fetching the day's file from the PSP.
+    #[arg(long, env = "PAYSTREAM_RECON_DROP_DIR", global = true)]
+    pub recon_drop_dir: Option<PathBuf>,
+}
+
+/// Parses `HH:MM` or `HH:MM:SS` (24-hour).
+pub fn parse_time_of_day(s: &str) -> Result<jiff::civil::Time, String> {
+    let shaped = matches!(s.len(), 5 | 8)
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            2 | 5 => b == b':',
+            _ => b.is_ascii_digit(),
+        })
+        // jiff reads second 60 (a leap second) as 59; a schedule has no use for it.
+        && s.get(6..8).is_none_or(|sec| sec < "60");
+    let parsed = if s.len() == 5 {
+        jiff::civil::Time::strptime("%H:%M", s)
+    } else {
+        jiff::civil::Time::strptime("%H:%M:%S", s)
+    };
+    match parsed {
+        Ok(t) if shaped => Ok(t),
+        _ => Err(format!(
+            "{s:?}: expected a time of day such as 00:00 or 23:59:30"
+        )),
+    }
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_time_zone(s: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(s).map_err(|e| format!("{s:?}: not a known time zone: {e}"))
 }
 
 impl Config {
@@ -358,6 +397,23 @@ mod tests {
         assert_eq!(b.delay_after(4), Duration::from_secs(120));
         assert_eq!(b.delay_after(40), Duration::from_secs(120));
         assert!(Backoff::parse("0s").is_err());
+    }
+
+    #[test]
+    fn recon_schedule_settings() {
+        assert_eq!(
+            parse_time_of_day("00:00"),
+            Ok(jiff::civil::time(0, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_time_of_day("23:59:30"),
+            Ok(jiff::civil::time(23, 59, 30, 0))
+        );
+        for bad in ["24:00", "7:00", "00:00:60", "noon", ""] {
+            assert!(parse_time_of_day(bad).is_err(), "{bad}");
+        }
+        assert!(parse_time_zone("Europe/Paris").is_ok());
+        assert!(parse_time_zone("Mars/Olympus").is_err());
     }
 
     #[test]

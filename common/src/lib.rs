@@ -21,6 +21,7 @@ pub mod nats;
 pub mod nats_server;
 pub mod ownership;
 pub mod publish;
+pub mod settlement;
 pub mod shutdown;
 pub mod state;
 pub mod streams;

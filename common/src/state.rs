@@ -65,6 +65,8 @@ pub enum Trigger {
     SettledCharge,
     /// Reconciliation: the settlement file shows a refund.
     SettledRefund,
+    /// Reconciliation: the settlement file shows a different amount; the state stays.
+    SettledAmount,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +94,7 @@ pub fn transition(from: PaymentState, trigger: Trigger) -> Result<PaymentState, 
         (Success, Refunded) => Cancelled,
         (NotStarted | Executing | Unknown | Failure, SettledCharge) => Success,
         (Success, SettledRefund) => Cancelled,
+        (Success | Cancelled, SettledAmount) => from,
         _ => return Err(IllegalTransition { from, trigger }),
     };
     Ok(to)
@@ -102,7 +105,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const TRIGGERS: [Trigger; 7] = [
+    const TRIGGERS: [Trigger; 8] = [
         Trigger::Execute,
         Trigger::Charged,
         Trigger::Declined,
@@ -110,6 +113,7 @@ mod tests {
         Trigger::Refunded,
         Trigger::SettledCharge,
         Trigger::SettledRefund,
+        Trigger::SettledAmount,
     ];
 
     #[test]
@@ -150,7 +154,7 @@ mod tests {
         /// NOT_STARTED → … → SUCCESS via EXECUTING/UNKNOWN (or a settlement row), and a refund only
         /// follows a success.
         #[test]
-        fn no_sequence_reaches_an_illegal_state(seq in proptest::collection::vec(0usize..7, 0..40)) {
+        fn no_sequence_reaches_an_illegal_state(seq in proptest::collection::vec(0usize..8, 0..40)) {
             let mut state = PaymentState::NotStarted;
             let mut executed = false;
             for i in seq {
@@ -164,8 +168,11 @@ mod tests {
                         if next == PaymentState::Success && state != PaymentState::Success {
                             prop_assert!(executed || trigger == Trigger::SettledCharge);
                         }
-                        if next == PaymentState::Cancelled {
+                        if next == PaymentState::Cancelled && state != PaymentState::Cancelled {
                             prop_assert_eq!(state, PaymentState::Success);
+                        }
+                        if trigger == Trigger::SettledAmount {
+                            prop_assert_eq!(next, state, "an amount correction keeps the state");
                         }
                         prop_assert!(next != PaymentState::NotStarted);
                         state = next;

@@ -69,6 +69,13 @@ pub mod names {
     pub const OPERATOR_REQUESTS: &str = "paystream_operator_requests_total";
     pub const PSP_CREDENTIALS_REFUSED: &str = "paystream_psp_credentials_refused";
     pub const PSP_CALLS_WITHHELD: &str = "paystream_psp_calls_withheld_total";
+    pub const RECON_RUNS: &str = "paystream_recon_runs_total";
+    pub const RECON_ROWS: &str = "paystream_recon_rows_total";
+    pub const RECON_CORRECTIONS: &str = "paystream_recon_corrections_total";
+    pub const RECON_ROW_ERRORS: &str = "paystream_recon_row_errors_total";
+    pub const RECON_DURATION: &str = "paystream_recon_duration_seconds";
+    pub const RECON_LAST_RUN: &str = "paystream_recon_last_run_timestamp_seconds";
+    pub const RECON_MANUAL_REVIEW: &str = "paystream_recon_manual_review_rows";
     pub const CONSUMER_LAG: &str = "paystream_consumer_lag";
     pub const LEDGER_IMBALANCE: &str = "paystream_ledger_imbalance_minor";
     pub const PAYMENTS_UNKNOWN_OLDEST: &str = "paystream_payments_unknown_oldest_seconds";
@@ -119,11 +126,29 @@ pub const RETRY_REASONS: [&str; 6] = [
 ];
 /// Reasons a message is terminated beyond the ingress fields (`Verdict::Term` labels).
 pub const TERM_REASONS: [&str; 3] = ["event", "refund_refused", "database"];
+/// Reconciliation classes (DESIGN.md), the `class` label of `paystream_recon_rows_total`.
+pub const RECON_CLASSES: [&str; 7] = [
+    "matched",
+    "missing_internal",
+    "missing_external",
+    "amount_mismatch",
+    "status_mismatch",
+    "duplicate_external",
+    "unknown_payment",
+];
+/// Classes reconciliation corrects on its own, the `class` label of
+/// `paystream_recon_corrections_total`.
+pub const RECON_CORRECTABLE_CLASSES: [&str; 3] =
+    ["missing_internal", "amount_mismatch", "status_mismatch"];
 /// Verdict kinds of the consumer loop.
 pub const CONSUMER_OUTCOMES: [&str; 3] = ["ack", "retry", "term"];
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// A reconciliation run takes from a second to many minutes.
+const RECON_SECONDS_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -140,6 +165,12 @@ pub fn install_metrics() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(names::CONSUMER_BATCH_SIZE.into()),
                         BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::RECON_DURATION.into()),
+                        RECON_SECONDS_BUCKETS,
                     )
                 })
                 .expect("bucket lists are non-empty")
@@ -364,6 +395,54 @@ fn register_catalogue() {
         "Age of the oldest payment in UNKNOWN (0 when none)."
     );
     gauge!(PAYMENTS_UNKNOWN_OLDEST).set(0.0);
+    register_recon();
+}
+
+fn register_recon() {
+    use names::*;
+    describe_counter!(
+        RECON_RUNS,
+        "Reconciliation runs finished, by outcome (ok, failed)."
+    );
+    describe_counter!(
+        RECON_ROWS,
+        "Settlement rows (and our unmatched payments) classified, by class."
+    );
+    describe_counter!(
+        RECON_CORRECTIONS,
+        "Corrections published through the payment domain, by class."
+    );
+    describe_counter!(
+        RECON_ROW_ERRORS,
+        "Settlement-file lines that could not be parsed (reported with their line numbers)."
+    );
+    describe_histogram!(
+        RECON_DURATION,
+        Unit::Seconds,
+        "Duration of one reconciliation run."
+    );
+    describe_gauge!(
+        RECON_LAST_RUN,
+        Unit::Seconds,
+        "Unix time at which the last reconciliation run completed."
+    );
+    describe_gauge!(
+        RECON_MANUAL_REVIEW,
+        "Rows left for manual review by the last reconciliation run."
+    );
+    for outcome in ["ok", "failed"] {
+        counter!(RECON_RUNS, "outcome" => outcome).absolute(0);
+    }
+    for class in RECON_CLASSES {
+        counter!(RECON_ROWS, "class" => class).absolute(0);
+    }
+    for class in RECON_CORRECTABLE_CLASSES {
+        counter!(RECON_CORRECTIONS, "class" => class).absolute(0);
+    }
+    counter!(RECON_ROW_ERRORS).absolute(0);
+    let _ = histogram!(RECON_DURATION);
+    gauge!(RECON_LAST_RUN).set(0.0);
+    gauge!(RECON_MANUAL_REVIEW).set(0.0);
 }
 
 /// What `/readyz` waits for. Each component flips its flag; ready means all set.

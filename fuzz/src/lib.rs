@@ -12,6 +12,8 @@ pub mod ids;
 pub mod ingress;
 #[path = "../../common/src/money.rs"]
 pub mod money;
+#[path = "../../common/src/settlement.rs"]
+pub mod settlement;
 #[path = "../../common/src/text.rs"]
 pub mod text;
 

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_init;
 mod m20261125_000002_dead_letters;
 mod m20261201_000010_ownership;
+mod m20261201_000020_reconciliation;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_init::Migration),
             Box::new(m20261125_000002_dead_letters::Migration),
             Box::new(m20261201_000010_ownership::Migration),
+            Box::new(m20261201_000020_reconciliation::Migration),
         ]
     }
 }

@@ -220,6 +220,10 @@ pub struct Change {
     pub attempted: bool,
     /// UNKNOWN: when the sweeper may try again.
     pub retry_at_ms: Option<i64>,
+    /// The event's `amount` when it is not the payment's (`adjusted`: the corrected amount).
+    pub event_amount: Option<i64>,
+    /// `adjusted` only: the signed change to the merchant's balance.
+    pub delta_minor: Option<i64>,
 }
 
 impl Change {
@@ -236,6 +240,8 @@ impl Change {
             requested_at_ms: None,
             attempted: false,
             retry_at_ms: None,
+            event_amount: None,
+            delta_minor: None,
         }
     }
 }
@@ -255,12 +261,37 @@ pub async fn record(
     changes: &[Change],
 ) -> Result<Vec<Recorded>, StoreError> {
     let txn = begin_write(db).await?;
-    let rows = load_locked(&txn, changes.iter().map(|c| c.payment_id.to_string())).await?;
+    let results = record_in(&txn, changes).await?;
+    txn.commit().await?;
+    count_transitions(&results);
+    Ok(results)
+}
+
+/// Counts committed transitions in `paystream_payment_transitions_total`.
+pub fn count_transitions(results: &[Recorded]) {
+    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    for r in results {
+        if let Recorded::Applied(to) = r {
+            *counts.entry(to.as_str()).or_default() += 1;
+        }
+    }
+    for (state, n) in counts {
+        counter!(names::PAYMENT_TRANSITIONS, "state" => state).increment(n);
+    }
+}
+
+/// `record` inside the caller's write transaction (begun with `begin_write`), so that another
+/// record of the caller (reconciliation's correction key) commits or rolls back with the change.
+/// The caller commits, then calls `count_transitions`.
+pub async fn record_in(
+    txn: &DatabaseTransaction,
+    changes: &[Change],
+) -> Result<Vec<Recorded>, StoreError> {
+    let rows = load_locked(txn, changes.iter().map(|c| c.payment_id.to_string())).await?;
     let now = now_ms();
     let mut hist = Vec::new();
     let mut events = Vec::new();
     let mut results = Vec::with_capacity(changes.len());
-    let mut counts: HashMap<&'static str, u64> = HashMap::new();
     let mut versions: HashMap<String, i32> = HashMap::new();
     let mut states: HashMap<String, PaymentState> = HashMap::new();
     for c in changes {
@@ -312,7 +343,7 @@ pub async fn record(
                 Expr::value(Option::<i64>::None),
             )
             .col_expr(payment::Column::NextAttemptAtMs, Expr::value(c.retry_at_ms));
-        let n = upd.exec(&txn).await?.rows_affected;
+        let n = upd.exec(txn).await?.rows_affected;
         assert_eq!(n, 1, "the locked payment row exists");
         hist.push(history_row(&id, to, c.cause.clone(), now));
         if let Some(kind) = c.event {
@@ -324,7 +355,7 @@ pub async fn record(
                     .map_err(|_| StoreError::Corrupt(id.clone(), row.buyer_id.clone()))?,
                 merchant_id: MerchantId::parse(&row.merchant_id)
                     .map_err(|_| StoreError::Corrupt(id.clone(), row.merchant_id.clone()))?,
-                amount: row.amount,
+                amount: c.event_amount.unwrap_or(row.amount),
                 currency: Currency::parse(&row.currency)
                     .map_err(|_| StoreError::Corrupt(id.clone(), row.currency.clone()))?,
                 version: u32::try_from(version).unwrap_or(0),
@@ -335,7 +366,7 @@ pub async fn record(
                     .or_else(|| row.psp_reference.clone()),
                 reason: c.reason.clone(),
                 requested_at_ms: Some(c.requested_at_ms.unwrap_or(row.requested_at_ms)),
-                delta_minor: None,
+                delta_minor: c.delta_minor,
                 stream_seq: None,
             };
             events.push(outbox::ActiveModel {
@@ -354,22 +385,17 @@ pub async fn record(
         }
         versions.insert(id.clone(), version);
         states.insert(id, to);
-        *counts.entry(to.as_str()).or_default() += 1;
         results.push(Recorded::Applied(to));
     }
     if !hist.is_empty() {
         history::Entity::insert_many(hist)
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
     if !events.is_empty() {
         outbox::Entity::insert_many(events)
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
-    }
-    txn.commit().await?;
-    for (state, n) in counts {
-        counter!(names::PAYMENT_TRANSITIONS, "state" => state).increment(n);
     }
     Ok(results)
 }

@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 
 use crate::dlq::{self, DlqError, Selection};
 use crate::queries::{self, QueryError};
+use paystream_reconciler::{ReconError, Reconciler};
 
+#[derive(Debug)]
 pub struct ApiError {
     pub code: usize,
     pub status: String,
@@ -50,6 +52,21 @@ impl From<DlqError> for ApiError {
             404
         } else {
             500
+        };
+        Self {
+            code,
+            status: e.to_string(),
+        }
+    }
+}
+
+impl From<ReconError> for ApiError {
+    fn from(e: ReconError) -> Self {
+        let code = match e {
+            ReconError::BadDate(_) => 400,
+            ReconError::NoReport(_) => 404,
+            ReconError::Busy(_) => 409,
+            _ => 500,
         };
         Self {
             code,
@@ -97,6 +114,12 @@ struct ConsumerQuery {
 #[derive(Deserialize)]
 struct IdQuery {
     id: u64,
+}
+
+#[derive(Deserialize)]
+struct ReconQuery {
+    date: String,
+    file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +244,7 @@ pub async fn start(
     client: async_nats::Client,
     db: DatabaseConnection,
     js: jetstream::Context,
+    recon: Reconciler,
     shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), async_nats::Error> {
@@ -321,6 +345,32 @@ pub async fn start(
             }
         },
     ));
+    let recon_group = root.group("recon");
+    let d = recon.db.clone();
+    tasks.spawn(serve(
+        recon_group.endpoint("report").await?,
+        shutdown.clone(),
+        move |p| {
+            let d = d.clone();
+            async move { json(&crate::recon::report(&d, &body::<ReconQuery>(&p)?.date).await?) }
+        },
+    ));
+    let d = recon.db.clone();
+    tasks.spawn(serve_operator(
+        recon_group.endpoint("run").await?,
+        "recon.run",
+        client.clone(),
+        d,
+        shutdown.clone(),
+        move |p, actor| {
+            let r = recon.clone();
+            async move {
+                let q: ReconQuery = body(&p)?;
+                let file = remote_file(r.drop_dir.as_deref(), q.file.as_deref())?;
+                json(&crate::recon::run(&r, &q.date, file.as_deref(), &actor).await?)
+            }
+        },
+    ));
     // The service (and its $SRV handlers) lives as long as the process runs.
     tasks.spawn(async move {
         let mut shutdown = shutdown;
@@ -328,4 +378,49 @@ pub async fn start(
         let _ = service.stop().await;
     });
     Ok(())
+}
+
+/// A settlement file named in a `paystream.recon.run` request: only a plain file name, read from
+/// `PAYSTREAM_RECON_DROP_DIR`. A remote caller must not make the service read any path of its host.
+fn remote_file(
+    drop_dir: Option<&std::path::Path>,
+    file: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(name) = file else { return Ok(None) };
+    let plain =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    match (drop_dir, plain) {
+        (Some(dir), true) => Ok(Some(dir.join(name).display().to_string())),
+        (None, _) => Err(ApiError {
+            code: 400,
+            status: "file: over NATS only a file in PAYSTREAM_RECON_DROP_DIR may be named, and none is configured".into(),
+        }),
+        (Some(_), false) => Err(ApiError {
+            code: 400,
+            status: format!(
+                "file: {:?} is not a plain file name in PAYSTREAM_RECON_DROP_DIR",
+                paystream_common::text::bounded(name, 80)
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod remote_file_tests {
+    use super::remote_file;
+    use std::path::Path;
+
+    #[test]
+    fn only_plain_names_in_the_drop_dir() {
+        let dir = Path::new("/srv/drop");
+        assert_eq!(
+            remote_file(Some(dir), Some("2026-11-30.csv")).unwrap(),
+            Some("/srv/drop/2026-11-30.csv".into())
+        );
+        assert_eq!(remote_file(Some(dir), None).unwrap(), None);
+        for bad in ["../etc/passwd", "/etc/passwd", "..", "", "a\\b"] {
+            assert!(remote_file(Some(dir), Some(bad)).is_err(), "{bad}");
+        }
+        assert!(remote_file(None, Some("2026-11-30.csv")).is_err());
+    }
 }

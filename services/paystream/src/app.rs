@@ -26,6 +26,8 @@ pub struct Parts {
     pub ledger: bool,
     /// The dlq service: follows DEAD_LETTERS for metrics and logs.
     pub dlq: bool,
+    /// The nightly reconciliation.
+    pub reconciler: bool,
     /// Start the PSP simulator (when no PSP URL is configured).
     pub psp_sim: bool,
     /// Start a nats-server of our own (when no NATS URL is configured).
@@ -39,12 +41,13 @@ impl Parts {
             wallet: true,
             ledger: true,
             dlq: true,
+            reconciler: true,
             psp_sim: true,
             nats_server: true,
         }
     }
     fn any_service(&self) -> bool {
-        self.payment || self.wallet || self.ledger || self.dlq
+        self.payment || self.wallet || self.ledger || self.dlq || self.reconciler
     }
 }
 
@@ -432,11 +435,21 @@ async fn start_parts(
             client.clone(),
             conn.clone(),
             js.clone(),
+            crate::recon::reconciler(&cfg, conn.clone(), psp_url.clone()),
             shutdown.clone(),
             &mut app.tasks,
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting the NATS service API: {e}"))?;
+    }
+    if parts.reconciler {
+        let rec = crate::recon::reconciler(&cfg, conn.clone(), psp_url.clone());
+        app.tasks.spawn(paystream_reconciler::schedule::run(
+            rec,
+            cfg.recon_at,
+            cfg.recon_tz.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(app)
 }

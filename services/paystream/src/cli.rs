@@ -108,6 +108,34 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Reconciliation against the PSP's settlement file.
+    Recon {
+        #[command(subcommand)]
+        command: ReconCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReconCommand {
+    /// Reconciles a day now: classifies every row, corrects what can be corrected (through
+    /// payment events), reports the rest. Running a day again corrects nothing twice.
+    Run {
+        /// The settlement day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        date: String,
+        /// A settlement file to use instead of the drop directory's or the PSP's.
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The report of a day's latest run.
+    Report {
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,4 +215,5 @@ pub enum Service {
     Wallet,
     Ledger,
     Dlq,
+    Reconciler,
 }

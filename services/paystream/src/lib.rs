@@ -13,3 +13,4 @@ pub mod identity;
 pub mod operator;
 pub mod output;
 pub mod queries;
+pub mod recon;

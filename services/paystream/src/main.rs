@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paystream::app::{self, Parts};
-use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, Service};
+use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, ReconCommand, Service};
 use paystream::dlq::{self, Selection};
 use paystream::output::emit;
 use paystream::{client, queries};
@@ -77,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wallet: service == Service::Wallet,
                 ledger: service == Service::Ledger,
                 dlq: service == Service::Dlq,
+                reconciler: service == Service::Reconciler,
                 ..Parts::default()
             };
             app::start(cfg, parts)
@@ -180,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Dlq { command } => return run_dlq(&cfg, command).await,
+        Command::Recon { command } => return run_recon(&cfg, command).await,
         Command::Audit { limit, json } => {
             let conn = db::connect(&cfg.database_url()).await?;
             let entries = paystream::audit::list(&conn, limit).await?;
@@ -294,6 +296,28 @@ async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> 
             let out = serde_json::json!({ "purged": n });
             emit(json, &out, || format!("purged: {n}\n"));
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_recon(cfg: &Config, command: ReconCommand) -> anyhow::Result<ExitCode> {
+    use paystream::recon;
+    use paystream_reconciler::ReconError;
+    let (_trigger, stop) = paystream_common::shutdown::channel();
+    let conn = app::connect_db(cfg, stop).await?;
+    let result = match command {
+        ReconCommand::Run { date, file, json } => {
+            let rec = recon::reconciler(cfg, conn, None);
+            recon::run(&rec, &date, file.as_deref(), &cfg.actor)
+                .await
+                .map(|r| (r, json))
+        }
+        ReconCommand::Report { date, json } => recon::report(&conn, &date).await.map(|r| (r, json)),
+    };
+    match result {
+        Ok((report, json)) => emit(json, &report, || recon::table(&report)),
+        Err(e @ ReconError::BadDate(_)) => return usage(e),
+        Err(e) => return Err(e.into()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,19 +15,20 @@ const AMOUNT_DELTA_MINOR_MAX: u64 = 100;
 /// Merchant of every invented row.
 pub(crate) const UNKNOWN_MERCHANT_ID: &str = "m-unknown";
 
-/// What drift does to one real row.
+/// What drift does to one real row. Public so reconciliation tests can know, row by row, what
+/// the simulator did to its file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RowDrift {
+pub struct RowDrift {
     /// The row is left out of the file.
-    pub(crate) missing: bool,
+    pub missing: bool,
     /// Added to the row's amount; 0 when the amount is left alone.
-    pub(crate) amount_delta_minor: i64,
+    pub amount_delta_minor: i64,
     /// The row is written twice.
-    pub(crate) duplicate: bool,
+    pub duplicate: bool,
 }
 
 /// Decides the drift of the row with `psp_reference`.
-pub(crate) fn row_drift(drift: &Drift, psp_reference: &str) -> RowDrift {
+pub fn row_drift(drift: &Drift, psp_reference: &str) -> RowDrift {
     let reference = psp_reference.as_bytes();
     let missing = unit(hash(&[b"missing", reference])) < drift.missing_rate;
     let amount_delta_minor = if unit(hash(&[b"amount", reference])) < drift.amount_rate {

@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::{Drift, SimConfig};
+pub use drift::{RowDrift, row_drift};
 pub use error::SimError;
 pub use stats::Stats;
 

@@ -16,6 +16,8 @@ mod helpers;
 mod nats_restart;
 mod ops;
 mod ordering;
+mod recon;
+mod recon_file;
 mod scale;
 mod security;
 mod sweeper;
