@@ -8,7 +8,7 @@ use paystream_reconciler::{ReconError, Reconciler, parse_date, store};
 use sea_orm::DatabaseConnection;
 
 /// The audit action of a run.
-pub const AUDIT_ACTION: &str = "recon run";
+pub const AUDIT_ACTION: &str = "recon.run";
 
 /// A reconciler for this configuration; `psp_url` is the PSP in force (the simulator that `up`
 /// started, `PAYSTREAM_PSP_URL`, or else the simulator's default address).

@@ -271,6 +271,35 @@ async fn operators_act_and_are_audited_viewers_only_look() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         json!({"redriven": 1})
     );
+    // A reconciliation run is an operator action too; a file named over NATS can only be one in
+    // the drop directory, never a path of the service's host.
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let ran = operator::request(
+        &op,
+        &op_errors,
+        "paystream.recon.run",
+        &json!({"date": today}),
+    )
+    .await
+    .expect("operator runs a reconciliation");
+    assert_eq!(ran["date"], today, "{ran}");
+    let escape = op
+        .request(
+            "paystream.recon.run",
+            Bytes::from(json!({"date": today, "file": "../../etc/passwd"}).to_string()),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(
+        escape
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.as_str().to_owned())
+            .as_deref(),
+        Some("400"),
+        "{escape:?}"
+    );
     // Operators read streams (through PAYSTREAM's read-only API export), never change them.
     let op_js = async_nats::jetstream::with_prefix(op.clone(), "$JS.PAYSTREAM.API");
     let info = op_js
@@ -304,7 +333,11 @@ async fn operators_act_and_are_audited_viewers_only_look() {
         .collect();
     assert_eq!(
         acts,
-        [("operator", "dlq.purge"), ("operator", "dlq.redrive")],
+        [
+            ("operator", "dlq.purge"),
+            ("operator", "dlq.redrive"),
+            ("operator", "recon.run")
+        ],
         "{trail:?}"
     );
     let remaining = operator::request(&op, &op_errors, "paystream.dlq.list", &json!({}))
