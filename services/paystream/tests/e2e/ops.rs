@@ -60,11 +60,28 @@ fn compose_and_dockerfile() {
 
 #[test]
 fn nats_cluster_config_is_valid() {
+    // Laid out as compose mounts them: /etc/nats/{cluster,accounts}.conf.
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("deploy/nats/cluster.conf"),
+        etc.path().join("cluster.conf"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("nats/accounts.conf"),
+        etc.path().join("accounts.conf"),
+    )
+    .unwrap();
     run_ok(
         Command::new(paystream_testkit::nats_server_bin())
-            .args(["-c", "deploy/nats/cluster.conf", "-t"])
-            .env("SERVER_NAME", "nats-1"),
-        "nats-server -t deploy/nats/cluster.conf",
+            .args(["-t", "-c"])
+            .arg(etc.path().join("cluster.conf"))
+            .env("SERVER_NAME", "nats-1")
+            .env("NATS_PAYSTREAM_PASSWORD", "p1")
+            .env("NATS_CHECKOUT_PASSWORD", "p2")
+            .env("NATS_OPERATOR_PASSWORD", "p3")
+            .env("NATS_VIEWER_PASSWORD", "p4"),
+        "nats-server -t deploy/nats/cluster.conf (with nats/accounts.conf)",
     );
 }
 
