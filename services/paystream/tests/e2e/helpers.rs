@@ -187,6 +187,27 @@ where
     }
 }
 
+/// Whether every committed event is published and applied by both wallet and ledger.
+pub async fn events_applied(db: &DatabaseConnection) -> bool {
+    let events = scalar(db, "SELECT COUNT(*) FROM outbox").await;
+    let published = scalar(
+        db,
+        "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NOT NULL",
+    )
+    .await;
+    let wallet = scalar(
+        db,
+        "SELECT COUNT(*) FROM applied_events WHERE consumer = 'wallet'",
+    )
+    .await;
+    let ledger = scalar(
+        db,
+        "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
+    )
+    .await;
+    published == events && wallet == events && ledger == events
+}
+
 /// Waits until no payment is in flight and wallet and ledger have applied every event.
 pub async fn wait_settled(db: &DatabaseConnection, payments: i64, timeout: Duration) {
     eventually(timeout, "all payments final and applied", || async {
@@ -195,23 +216,7 @@ pub async fn wait_settled(db: &DatabaseConnection, payments: i64, timeout: Durat
             "SELECT COUNT(*) FROM payments WHERE state IN ('SUCCESS','FAILURE','CANCELLED')",
         )
         .await;
-        let events = scalar(db, "SELECT COUNT(*) FROM outbox").await;
-        let published = scalar(
-            db,
-            "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NOT NULL",
-        )
-        .await;
-        let wallet = scalar(
-            db,
-            "SELECT COUNT(*) FROM applied_events WHERE consumer = 'wallet'",
-        )
-        .await;
-        let ledger = scalar(
-            db,
-            "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
-        )
-        .await;
-        final_ == payments && published == events && wallet == events && ledger == events
+        final_ == payments && events_applied(db).await
     })
     .await;
 }

@@ -167,25 +167,7 @@ async fn wait_applied(env: &Env) {
     eventually(
         Duration::from_secs(60),
         "events published and applied",
-        || async {
-            let events = scalar(db, "SELECT COUNT(*) FROM outbox").await;
-            let published = scalar(
-                db,
-                "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NOT NULL",
-            )
-            .await;
-            let wallet = scalar(
-                db,
-                "SELECT COUNT(*) FROM applied_events WHERE consumer = 'wallet'",
-            )
-            .await;
-            let ledger = scalar(
-                db,
-                "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
-            )
-            .await;
-            published == events && wallet == events && ledger == events
-        },
+        || crate::helpers::events_applied(db),
     )
     .await;
 }

@@ -187,6 +187,38 @@ impl Drop for Fleet {
     }
 }
 
+/// What every multi-process test starts with: a PostgreSQL database, a nats-server, the PSP
+/// simulator and an empty fleet on a migrated schema.
+struct Setup {
+    db: TestDb,
+    server: TestNats,
+    data: TempDir,
+    sim: App,
+    psp_url: String,
+    fleet: Fleet,
+}
+
+impl Setup {
+    /// `None` (with the reason printed) where PostgreSQL is not configured.
+    async fn start() -> Option<Self> {
+        let db = TestDb::postgres().await?;
+        let server = TestNats::start(false).await;
+        let data = tempfile::tempdir().unwrap();
+        let sim = simulator(&db.url, data.path()).await;
+        let psp_url = sim.psp_url.clone().unwrap();
+        let fleet = Fleet::new(&server.url(), &db.url, &psp_url);
+        fleet.migrate();
+        Some(Self {
+            db,
+            server,
+            data,
+            sim,
+            psp_url,
+            fleet,
+        })
+    }
+}
+
 /// The PSP simulator, in the test's process (it is not what scales here).
 async fn simulator(db_url: &str, data: &Path) -> App {
     let cfg = config("nats://127.0.0.1:1", db_url, data, &[]);
@@ -411,15 +443,17 @@ fn cancel_line(c: &CancelRequest) -> String {
 /// often reaches NATS before its payment); 3 payment, 3 wallet and 2 ledger instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_interleavings_across_instances_postgres() {
-    let Some(db) = TestDb::postgres().await else {
+    let Some(Setup {
+        db,
+        server,
+        data,
+        sim,
+        psp_url,
+        mut fleet,
+    }) = Setup::start().await
+    else {
         return;
     };
-    let server = TestNats::start(false).await;
-    let data = tempfile::tempdir().unwrap();
-    let sim = simulator(&db.url, data.path()).await;
-    let psp_url = sim.psp_url.clone().unwrap();
-    let mut fleet = Fleet::new(&server.url(), &db.url, &psp_url);
-    fleet.migrate();
     for (service, n) in [("payment", 3), ("wallet", 3), ("ledger", 2)] {
         for i in 1..=n {
             fleet.spawn(&format!("{service}-{i}"), service);
@@ -534,15 +568,17 @@ async fn random_interleavings_across_instances_postgres() {
 /// everything is applied exactly once, and the pause of the moved partitions is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_instance_failover_postgres() {
-    let Some(db) = TestDb::postgres().await else {
+    let Some(Setup {
+        db,
+        server,
+        data: _data,
+        sim,
+        psp_url,
+        mut fleet,
+    }) = Setup::start().await
+    else {
         return;
     };
-    let server = TestNats::start(false).await;
-    let data = tempfile::tempdir().unwrap();
-    let sim = simulator(&db.url, data.path()).await;
-    let psp_url = sim.psp_url.clone().unwrap();
-    let mut fleet = Fleet::new(&server.url(), &db.url, &psp_url);
-    fleet.migrate();
     fleet.spawn("payment-1", "payment");
     fleet.spawn("ledger-1", "ledger");
     for i in 1..=3 {
