@@ -1,9 +1,10 @@
 //! Who does what when a service runs as several instances.
 //!
 //! - **Partition ownership.** Every instance of a service heartbeats a row in `members`; the live
-//!   members (heartbeat within the TTL) split the buyer partitions by rendezvous hashing, which
-//!   every instance computes alike from the same member list, so each partition has one owner and
-//!   a member that leaves moves only its own partitions. The consumer loop pulls only the
+//!   members (heartbeat within the TTL) split the buyer partitions by rendezvous hashing with
+//!   bounded load, which every instance computes alike from the same member list, so each
+//!   partition has one owner, each member its share, and few partitions move when a member comes
+//!   or goes. The consumer loop pulls only the
 //!   partitions it owns; JetStream's pinned-client priority group makes the server itself refuse a
 //!   second puller while the owner holds the pin, so the moments when two instances disagree about
 //!   the member list (a tick apart) cannot split a partition between them.
