@@ -360,6 +360,23 @@ async fn assert_applied_in_order(db: &DatabaseConnection, per_buyer: bool) -> us
     checked
 }
 
+/// Publishes `pays` in chunks of `chunk`, pausing `pause` between them, so that a fault injected
+/// meanwhile lands mid-stream; every payment is acknowledged when the task ends.
+fn paced_publisher(
+    js: &jetstream::Context,
+    pays: &[PaymentRequest],
+    chunk: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (js, pays) = (js.clone(), pays.to_vec());
+    tokio::spawn(async move {
+        for part in pays.chunks(chunk) {
+            publish_all(&js, part).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// One producer process's messages: `subject \t JSON payload \t Nats-Msg-Id` per line.
 const PRODUCER_ENV: &str = "PAYSTREAM_TEST_PRODUCER";
 
@@ -592,16 +609,8 @@ async fn wallet_instance_failover_postgres() {
 
     let pays = requests(2_000, 100, 10, "fo-");
     let js = nats::jetstream(async_nats::connect(server.url()).await.unwrap());
-    let publisher = {
-        let (js, pays) = (js.clone(), pays.clone());
-        tokio::spawn(async move {
-            // ~500 payments/s, so the kill lands mid-stream.
-            for chunk in pays.chunks(100) {
-                publish_all(&js, chunk).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    // ~500 payments/s, so the kill lands mid-stream.
+    let publisher = paced_publisher(&js, &pays, 100, Duration::from_millis(200));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let moved = fleet.partitions_owned("wallet-1");
     let killed_at = paystream_common::time::now_ms();
@@ -700,15 +709,7 @@ async fn cluster_node_loss_postgres() {
         .unwrap();
     assert_eq!(info.config.num_replicas, 3, "streams are replicated");
     let pays = requests(2_000, 100, 10, "cl-");
-    let publisher = {
-        let (js, pays) = (js.clone(), pays.clone());
-        tokio::spawn(async move {
-            for chunk in pays.chunks(200) {
-                publish_all(&js, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let publisher = paced_publisher(&js, &pays, 200, Duration::from_millis(100));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let leader = info
         .cluster
