@@ -13,6 +13,7 @@
 //! if that logic were wrong.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -111,7 +112,95 @@ pub(crate) struct Store {
     /// Serialises writes in this process, so same-key requests queue here in arrival order
     /// instead of meeting SQLITE_BUSY. Each write is one statement or one IMMEDIATE
     /// transaction, so it stays atomic even against another process on the same file.
-    writer: Mutex<()>,
+    writer: Arc<Mutex<()>>,
+    /// Charges waiting for the group-commit writer (`charge_writer`).
+    charges: tokio::sync::mpsc::UnboundedSender<QueuedCharge>,
+}
+
+/// A charge queued for the group-commit writer; `reply` says whether it created the payment.
+struct QueuedCharge {
+    key: String,
+    amount_minor: i64,
+    currency: String,
+    merchant_id: String,
+    psp_reference: String,
+    status: &'static str,
+    decline_code: Option<String>,
+    settles: bool,
+    reply: tokio::sync::oneshot::Sender<Result<bool, SimError>>,
+}
+
+/// Charges written by one statement at most.
+const CHARGE_GROUP_MAX: usize = 256;
+
+/// Writes queued charges in groups: whatever is queued when the previous group is committed
+/// (up to [`CHARGE_GROUP_MAX`]) goes in one `INSERT … ON CONFLICT DO NOTHING RETURNING`, so one
+/// statement, atomic, with the `payments_charge` trigger adding each charge movement. Within a
+/// group the first request of a key creates the payment; a later one (a client retrying at once)
+/// finds it created and replays it, as it would one group later.
+async fn charge_writer(
+    db: DatabaseConnection,
+    writer: Arc<Mutex<()>>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<QueuedCharge>,
+) {
+    let mut group = Vec::with_capacity(CHARGE_GROUP_MAX);
+    while queue.recv_many(&mut group, CHARGE_GROUP_MAX).await > 0 {
+        let lock = writer.lock().await;
+        // Read the clock under the lock, so settlement order follows commit order.
+        let now_ms = now_ms();
+        let mut sql = String::from(
+            "INSERT INTO payments (payment_id, amount, currency, merchant_id, psp_reference,
+                                   status, decline_code, created_at_ms, settles) VALUES ",
+        );
+        let mut values: Vec<Value> = Vec::with_capacity(group.len() * 9);
+        for (i, c) in group.iter().enumerate() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?,?,?,?,?)"
+            });
+            values.extend([
+                c.key.as_str().into(),
+                c.amount_minor.into(),
+                c.currency.as_str().into(),
+                c.merchant_id.as_str().into(),
+                c.psp_reference.as_str().into(),
+                c.status.into(),
+                c.decline_code.clone().into(),
+                now_ms.into(),
+                i64::from(c.settles).into(),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id");
+        let result = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                sql,
+                values,
+            ))
+            .await;
+        drop(lock);
+        match result {
+            Ok(rows) => {
+                let mut created: std::collections::HashSet<String> = rows
+                    .iter()
+                    .filter_map(|r| r.try_get_by_index::<String>(0).ok())
+                    .collect();
+                for c in group.drain(..) {
+                    // `remove`: only the first request of a key in the group created it.
+                    let _ = c.reply.send(Ok(created.remove(&c.key)));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for c in group.drain(..) {
+                    let _ = c
+                        .reply
+                        .send(Err(SimError::Store(sea_orm::DbErr::Custom(text.clone()))));
+                }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -131,9 +220,13 @@ impl Store {
             });
         let db = Database::connect(options).await?;
         db.execute_unprepared(SCHEMA).await?;
+        let writer = Arc::new(Mutex::new(()));
+        let (charges, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(charge_writer(db.clone(), writer.clone(), queue));
         Ok(Self {
             db,
-            writer: Mutex::new(()),
+            writer,
+            charges,
         })
     }
 
@@ -168,33 +261,27 @@ impl Store {
             },
             decline_code: charge.declined.then(|| DECLINE_CODE.to_owned()),
         };
-        let writer = self.writer.lock().await;
-        // Read the clock under the lock, so settlement order follows commit order.
-        let now_ms = now_ms();
-        // One statement, so one atomic write: the `payments_charge` trigger adds the charge
-        // movement of a succeeded payment, and a conflicting key inserts (and charges) nothing.
-        let inserted = self
-            .db
-            .execute_raw(statement(
-                "INSERT INTO payments (payment_id, amount, currency, merchant_id, psp_reference,
-                                       status, decline_code, created_at_ms, settles)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (payment_id) DO NOTHING",
-                [
-                    charge.key.as_str().into(),
-                    request.amount_minor.into(),
-                    request.currency.as_str().into(),
-                    request.merchant_id.as_str().into(),
-                    answer.psp_reference.as_str().into(),
-                    answer.status.as_str().into(),
-                    answer.decline_code.clone().into(),
-                    now_ms.into(),
-                    i64::from(charge.settles).into(),
-                ],
-            ))
-            .await?
-            .rows_affected();
-        drop(writer);
+        // Group commit: charges arriving together are written by one statement (one commit, one
+        // WAL append) instead of one each; each waits until its group is committed.
+        let (reply, committed) = tokio::sync::oneshot::channel();
+        let queued = QueuedCharge {
+            key: charge.key.as_str().to_owned(),
+            amount_minor: request.amount_minor,
+            currency: request.currency.as_str().to_owned(),
+            merchant_id: request.merchant_id.as_str().to_owned(),
+            psp_reference: answer.psp_reference.clone(),
+            status: answer.status.as_str(),
+            decline_code: answer.decline_code.clone(),
+            settles: charge.settles,
+            reply,
+        };
+        self.charges
+            .send(queued)
+            .map_err(|_| SimError::Corrupt("the charge writer has stopped".into()))?;
+        let inserted = committed
+            .await
+            .map_err(|_| SimError::Corrupt("the charge writer has stopped".into()))??;
+        let inserted = u64::from(inserted);
         assert!(inserted <= 1, "one VALUES row inserts at most one payment");
         if inserted == 1 {
             Ok(ChargeOutcome::Created(answer))
