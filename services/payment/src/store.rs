@@ -294,6 +294,10 @@ pub async fn record_in(
     let mut results = Vec::with_capacity(changes.len());
     let mut versions: HashMap<String, i32> = HashMap::new();
     let mut states: HashMap<String, PaymentState> = HashMap::new();
+    // What each payment's row becomes after all of its changes, written at the end in a few
+    // statements rather than one per change.
+    let mut finals: HashMap<String, Final> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
     for c in changes {
         let id = c.payment_id.to_string();
         let Some(row) = rows.get(&id) else {
@@ -316,35 +320,23 @@ pub async fn record_in(
         };
         let version =
             versions.get(&id).copied().unwrap_or(row.version) + i32::from(c.event.is_some());
-        let mut upd = payment::Entity::update_many()
-            .col_expr(payment::Column::State, Expr::value(to.as_str()))
-            .col_expr(payment::Column::Version, Expr::value(version))
-            .col_expr(payment::Column::UpdatedAtMs, Expr::value(now))
-            .filter(payment::Column::PaymentId.eq(id.as_str()));
-        if let Some(r) = &c.psp_reference {
-            upd = upd.col_expr(payment::Column::PspReference, Expr::value(r.clone()));
+        let f = finals.entry(id.clone()).or_insert_with(|| {
+            order.push(id.clone());
+            Final::default()
+        });
+        f.state = Some(to);
+        f.version = version;
+        if c.psp_reference.is_some() {
+            f.psp_reference.clone_from(&c.psp_reference);
         }
-        if let Some(d) = &c.decline_code {
-            upd = upd.col_expr(payment::Column::DeclineCode, Expr::value(d.clone()));
+        if c.decline_code.is_some() {
+            f.decline_code.clone_from(&c.decline_code);
         }
-        if let Some(e) = &c.last_error {
-            upd = upd.col_expr(payment::Column::LastError, Expr::value(e.clone()));
+        if c.last_error.is_some() {
+            f.last_error.clone_from(&c.last_error);
         }
-        if c.attempted {
-            upd = upd.col_expr(
-                payment::Column::Attempts,
-                Expr::col(payment::Column::Attempts).add(1),
-            );
-        }
-        // A recorded change ends any sweeper lease; UNKNOWN carries its next attempt time.
-        upd = upd
-            .col_expr(
-                payment::Column::LeaseUntilMs,
-                Expr::value(Option::<i64>::None),
-            )
-            .col_expr(payment::Column::NextAttemptAtMs, Expr::value(c.retry_at_ms));
-        let n = upd.exec(txn).await?.rows_affected;
-        assert_eq!(n, 1, "the locked payment row exists");
+        f.attempts_added += i32::from(c.attempted);
+        f.next_attempt_at_ms = c.retry_at_ms;
         hist.push(history_row(&id, to, c.cause.clone(), now));
         if let Some(kind) = c.event {
             let event = PaymentEvent {
@@ -387,6 +379,11 @@ pub async fn record_in(
         states.insert(id, to);
         results.push(Recorded::Applied(to));
     }
+    for ids in order.chunks(UPDATE_ROWS_MAX) {
+        let rows: Vec<(&String, &Final)> = ids.iter().map(|id| (id, &finals[id])).collect();
+        let n = update_finals(txn, &rows, now).await?;
+        assert_eq!(n, rows.len() as u64, "the locked payment rows exist");
+    }
     if !hist.is_empty() {
         history::Entity::insert_many(hist)
             .exec_without_returning(txn)
@@ -398,6 +395,74 @@ pub async fn record_in(
             .await?;
     }
     Ok(results)
+}
+
+/// Rows one batched UPDATE names: its `CASE` arms grow with it, so a batch is split.
+const UPDATE_ROWS_MAX: usize = 64;
+
+/// A payment row after all of a transaction's changes to it.
+#[derive(Default)]
+struct Final {
+    state: Option<PaymentState>,
+    version: i32,
+    psp_reference: Option<String>,
+    decline_code: Option<String>,
+    last_error: Option<String>,
+    attempts_added: i32,
+    next_attempt_at_ms: Option<i64>,
+}
+
+/// `CASE WHEN payment_id = … THEN … END` over `rows` (those for which `value` gives one); a row
+/// without a value keeps `column`. `None` when no row has a value: the column is left alone.
+fn case_of(
+    rows: &[(&String, &Final)],
+    column: payment::Column,
+    value: impl Fn(&Final) -> Option<Expr>,
+) -> Option<Expr> {
+    let mut case = sea_orm::sea_query::CaseStatement::new();
+    let mut arms = 0;
+    for (id, f) in rows {
+        if let Some(v) = value(f) {
+            case = case.case(payment::Column::PaymentId.eq(id.as_str()), v);
+            arms += 1;
+        }
+    }
+    (arms > 0).then(|| case.finally(Expr::col(column)).into())
+}
+
+/// Writes `rows` in one UPDATE; returns the rows it changed. A recorded change ends any sweeper
+/// lease; UNKNOWN carries its next attempt time.
+async fn update_finals(
+    txn: &DatabaseTransaction,
+    rows: &[(&String, &Final)],
+    now: i64,
+) -> Result<u64, DbErr> {
+    use payment::Column as C;
+    let mut upd = payment::Entity::update_many()
+        .col_expr(C::UpdatedAtMs, Expr::value(now))
+        .col_expr(C::LeaseUntilMs, Expr::value(Option::<i64>::None))
+        .filter(C::PaymentId.is_in(rows.iter().map(|(id, _)| id.as_str())));
+    let columns: [(C, &dyn Fn(&Final) -> Option<Expr>); 7] = [
+        (C::State, &|f| f.state.map(|s| Expr::value(s.as_str()))),
+        (C::Version, &|f| Some(Expr::value(f.version))),
+        (C::PspReference, &|f| {
+            f.psp_reference.clone().map(Expr::value)
+        }),
+        (C::DeclineCode, &|f| f.decline_code.clone().map(Expr::value)),
+        (C::LastError, &|f| f.last_error.clone().map(Expr::value)),
+        (C::Attempts, &|f| {
+            (f.attempts_added > 0).then(|| Expr::col(C::Attempts).add(f.attempts_added))
+        }),
+        (C::NextAttemptAtMs, &|f| {
+            Some(Expr::value(f.next_attempt_at_ms))
+        }),
+    ];
+    for (column, value) in columns {
+        if let Some(case) = case_of(rows, column, value) {
+            upd = upd.col_expr(column, case);
+        }
+    }
+    Ok(upd.exec(txn).await?.rows_affected)
 }
 
 /// Reads payments by id (no lock), for decisions that a later `record` re-checks.
@@ -456,14 +521,18 @@ pub async fn outbox_backlog(db: &DatabaseConnection) -> Result<u64, DbErr> {
 pub async fn mark_published(db: &DatabaseConnection, acked: &[(i64, u64)]) -> Result<(), DbErr> {
     let txn = begin_write(db).await?;
     let now = now_ms();
-    for (id, seq) in acked {
+    for chunk in acked.chunks(UPDATE_ROWS_MAX) {
+        let mut seqs = sea_orm::sea_query::CaseStatement::new();
+        for (id, seq) in chunk {
+            seqs = seqs.case(
+                outbox::Column::Id.eq(*id),
+                Expr::value(i64::try_from(*seq).unwrap_or(i64::MAX)),
+            );
+        }
         outbox::Entity::update_many()
             .col_expr(outbox::Column::PublishedAtMs, Expr::value(now))
-            .col_expr(
-                outbox::Column::StreamSeq,
-                Expr::value(i64::try_from(*seq).unwrap_or(i64::MAX)),
-            )
-            .filter(outbox::Column::Id.eq(*id))
+            .col_expr(outbox::Column::StreamSeq, seqs.into())
+            .filter(outbox::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
             .exec(&txn)
             .await?;
     }
