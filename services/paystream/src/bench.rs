@@ -37,6 +37,8 @@ pub struct BenchOptions {
     pub rate: u32,
     pub postgres: bool,
     pub fsync_always: bool,
+    /// Payments queued while the services are down, then processed (0: no backlog run).
+    pub backlog: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +65,20 @@ pub struct Paystream {
     pub db: &'static str,
 }
 
+/// A backlog queued while the services were down, then processed: memory must stay flat.
+#[derive(Debug, Serialize)]
+pub struct Backlog {
+    pub payments: usize,
+    pub seconds: f64,
+    pub payments_per_s: f64,
+    /// Resident set of this process (services, simulator, bench) when processing began.
+    pub rss_start_mb: f64,
+    /// The highest resident set sampled (every 250 ms) while the backlog was processed.
+    pub rss_peak_mb: f64,
+    /// Resident set at each tenth of the backlog processed.
+    pub rss_by_tenth_mb: Vec<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub raw: Raw,
@@ -74,6 +90,8 @@ pub struct Report {
     pub rate: u32,
     pub verified: bool,
     pub problems: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<Backlog>,
 }
 
 impl Report {
@@ -102,7 +120,12 @@ impl Report {
             } else {
                 format!("\nproblems: {}", self.problems.join("; "))
             }
-        )
+        ) + &self.backlog.as_ref().map_or(String::new(), |b| {
+            format!(
+                "backlog             {} payments in {:.1} s ({:.0}/s), RSS {:.0} MB at start, peak {:.0} MB; by tenth: {:?}\n",
+                b.payments, b.seconds, b.payments_per_s, b.rss_start_mb, b.rss_peak_mb, b.rss_by_tenth_mb
+            )
+        })
     }
 }
 
@@ -136,6 +159,16 @@ fn cpu_time() -> Duration {
             .unwrap_or(0)
     };
     Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}
+
+/// Resident set of this process (MB), from /proc.
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Publishes with a bounded window of outstanding acks.
@@ -268,6 +301,7 @@ async fn paystream_run(
         acks: VecDeque::new(),
     };
     let started = Instant::now();
+    let started_ms = paystream_common::time::now_ms();
     let period = rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
     for (i, p) in payments.iter().enumerate() {
         if let Some(period) = period {
@@ -285,22 +319,122 @@ async fn paystream_run(
             .await?;
     }
     window.drain().await?;
-    let want = already + payments.len() as i64;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while count(
+    let last_ms = wait_applied(
         db,
-        "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
+        already + payments.len() as i64,
+        Duration::from_secs(600),
+        |_| {},
     )
-    .await?
-        < want
-    {
+    .await?;
+    Ok(Duration::from_millis(
+        u64::try_from(last_ms - started_ms).unwrap_or(0).max(1),
+    ))
+}
+
+/// Waits until the ledger has applied `want` events, polling every 50 ms on `db` (the bench's own
+/// connection, not the services': its reads must not queue behind their writes). `progress` sees
+/// each count. Returns when (unix ms) the ledger applied the last of them: the poll only notices
+/// it, the figure comes from the ledger's own rows, so polling slowly costs no precision.
+async fn wait_applied(
+    db: &sea_orm::DatabaseConnection,
+    want: i64,
+    within: Duration,
+    mut progress: impl FnMut(i64),
+) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = count(
+            db,
+            "SELECT COUNT(*) FROM applied_events WHERE consumer = 'ledger'",
+        )
+        .await?;
+        progress(n);
+        if n >= want {
+            return count(
+                db,
+                "SELECT MAX(applied_at_ms) FROM applied_events WHERE consumer = 'ledger'",
+            )
+            .await;
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "paystream did not apply {want} payments within 10 minutes"
+            "paystream applied {n} of {want} payments within {within:?}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(started.elapsed())
+}
+
+/// Queues `n` payments while the services are down, starts them, and follows the resident set
+/// while they work through the backlog. Returns the figures and the payments' amount sum.
+async fn backlog_run(
+    js: &jetstream::Context,
+    db: &sea_orm::DatabaseConnection,
+    cfg: &Config,
+    n: usize,
+    already: i64,
+) -> anyhow::Result<(Backlog, i64)> {
+    let mut window = Window {
+        acks: VecDeque::new(),
+    };
+    let mut sum = 0;
+    // Generated as published: a million requests held at once would be the bench's memory, not
+    // paystream's.
+    for i in 0..n {
+        let p = payment(already as usize + i);
+        sum += p.amount.minor();
+        let msg = PublishMessage::build()
+            .payload(codec::to_msgpack(&p).into())
+            .message_id(p.payment_id.to_string())
+            .header("Content-Type", codec::CONTENT_TYPE_MSGPACK);
+        window
+            .push(
+                js.send_publish(format!("payments.request.{}", p.buyer_id), msg)
+                    .await?,
+            )
+            .await?;
+    }
+    window.drain().await?;
+    let app = app::start(cfg.clone(), bench_parts()).await?;
+    let rss_start_mb = rss_mb();
+    let started_ms = paystream_common::time::now_ms();
+    let mut peak = rss_start_mb;
+    let mut by_tenth = Vec::new();
+    let mut last_sample = Instant::now();
+    let want = already + n as i64;
+    let waited = wait_applied(db, want, Duration::from_secs(3600), |applied| {
+        if last_sample.elapsed() >= Duration::from_millis(250) {
+            peak = peak.max(rss_mb());
+            last_sample = Instant::now();
+        }
+        let done = usize::try_from(applied - already).unwrap_or(0);
+        while by_tenth.len() < 10 && done * 10 >= n * (by_tenth.len() + 1) {
+            by_tenth.push(rss_mb().round());
+        }
+    })
+    .await;
+    app.shutdown().await;
+    let seconds = (waited? - started_ms) as f64 / 1000.0;
+    Ok((
+        Backlog {
+            payments: n,
+            seconds,
+            payments_per_s: n as f64 / seconds,
+            rss_start_mb: rss_start_mb.round(),
+            rss_peak_mb: peak.max(rss_mb()).round(),
+            rss_by_tenth_mb: by_tenth,
+        },
+        sum,
+    ))
+}
+
+fn bench_parts() -> Parts {
+    Parts {
+        payment: true,
+        wallet: true,
+        ledger: true,
+        psp_sim: true,
+        ..Parts::default()
+    }
 }
 
 pub async fn run(cfg: &Config, opts: BenchOptions) -> anyhow::Result<Report> {
@@ -308,7 +442,12 @@ pub async fn run(cfg: &Config, opts: BenchOptions) -> anyhow::Result<Report> {
         std::env::temp_dir().join(format!("paystream-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let result = run_in(cfg, &opts, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("PAYSTREAM_BENCH_KEEP").is_some() {
+        // For profiling: the database and the server's store stay for inspection.
+        eprintln!("bench: kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
@@ -346,7 +485,7 @@ async fn run_in(
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("bench.sqlite").display()));
     let bench_cfg = Config {
         nats_url: Some(server.url()),
-        database_url: Some(db_url.into()),
+        database_url: Some(db_url.clone().into()),
         data_dir: dir.to_path_buf(),
         http_addr: "127.0.0.1:0".parse()?,
         psp_url: None,
@@ -366,24 +505,23 @@ async fn run_in(
     let latency_n = (opts.rate as usize * 3).clamp(100, n.max(100));
     let (_, raw_lat) = raw_run(&js, "RAW_RATE", latency_n, Some(opts.rate)).await?;
 
-    let app = app::start(
-        bench_cfg.clone(),
-        Parts {
-            payment: true,
-            wallet: true,
-            ledger: true,
-            psp_sim: true,
-            ..Parts::default()
-        },
-    )
-    .await?;
-    let db = app.db.clone().context("the app has a database")?;
+    let app = app::start(bench_cfg.clone(), bench_parts()).await?;
+    // The bench's own pool: its polling must not take the services' connection.
+    let db = paystream_common::db::connect(&db_url).await?;
     let saturate: Vec<PaymentRequest> = (0..n).map(payment).collect();
     let cpu0 = cpu_time();
     let ps_elapsed = paystream_run(&js, &db, &saturate, None, 0).await?;
     let cpu = cpu_time() - cpu0;
     let paced: Vec<PaymentRequest> = (n..n + latency_n).map(payment).collect();
     paystream_run(&js, &db, &paced, Some(opts.rate), n as i64).await?;
+    app.shutdown().await;
+    if let Some(path) = std::env::var_os("PAYSTREAM_BENCH_METRICS") {
+        // For profiling: the services' metrics (batch sizes, stage durations) after the runs.
+        std::fs::write(
+            path,
+            paystream_common::telemetry::install_metrics().render(),
+        )?;
+    }
     let ids: Vec<String> = paced
         .iter()
         .map(|p| format!("'{}'", p.payment_id))
@@ -404,9 +542,15 @@ async fn run_in(
         .map(|d| d as f64)
         .collect();
 
+    let backlog = if opts.backlog > 0 {
+        Some(backlog_run(&js, &db, &bench_cfg, opts.backlog, (n + latency_n) as i64).await?)
+    } else {
+        None
+    };
+
     // Verification: every payment final and charged, money exact, ledger balanced.
     let mut problems = Vec::new();
-    let total = (n + latency_n) as i64;
+    let total = (n + latency_n + opts.backlog) as i64;
     let succeeded = count(&db, "SELECT COUNT(*) FROM payments WHERE state = 'SUCCESS'").await?;
     if succeeded != total {
         problems.push(format!("{succeeded} of {total} payments SUCCESS"));
@@ -415,7 +559,8 @@ async fn run_in(
         .iter()
         .chain(&paced)
         .map(|p| p.amount.minor())
-        .sum();
+        .sum::<i64>()
+        + backlog.as_ref().map_or(0, |(_, sum)| *sum);
     let wallet = count(
         &db,
         "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM wallet_balances",
@@ -428,7 +573,7 @@ async fn run_in(
     if !check.ok {
         problems.push(format!("ledger check: {:?}", check.violations));
     }
-    app.shutdown().await;
+    db.close().await?;
     server.stop().await;
     if let Some((admin, name, _)) = database_url {
         let conn = sea_orm::Database::connect(admin.as_str()).await?;
@@ -461,5 +606,6 @@ async fn run_in(
         rate: opts.rate,
         verified: problems.is_empty(),
         problems,
+        backlog: backlog.map(|(b, _)| b),
     })
 }

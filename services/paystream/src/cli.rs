@@ -92,6 +92,10 @@ pub enum Command {
         /// `always`: the server fsyncs every write; `interval`: its default (2 min).
         #[arg(long, value_enum, default_value = "interval")]
         fsync: Fsync,
+        /// Then queue this many payments with the services down, start them, and report the
+        /// time to work through the backlog and the peak resident set (0: skip).
+        #[arg(long, default_value_t = 0)]
+        backlog: usize,
         #[arg(long)]
         json: bool,
     },

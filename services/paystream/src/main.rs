@@ -192,9 +192,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             db,
             fsync,
+            backlog,
             json,
         } => {
             let opts = paystream::bench::BenchOptions {
+                backlog,
                 payments,
                 rate,
                 postgres: db == paystream::cli::BenchDb::Postgres,

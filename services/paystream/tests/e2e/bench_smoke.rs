@@ -16,6 +16,7 @@ async fn bench_smoke() {
             rate: 200,
             postgres: false,
             fsync_always: false,
+            backlog: 500,
         },
     )
     .await
@@ -27,6 +28,10 @@ async fn bench_smoke() {
         report.paystream.latency_at_rate.samples, 300,
         "every paced payment measured (3 s at the rate, at most --payments)"
     );
+    let backlog = report.backlog.as_ref().expect("a backlog run");
+    assert_eq!(backlog.payments, 500);
+    assert_eq!(backlog.rss_by_tenth_mb.len(), 10, "{backlog:?}");
+    assert!(backlog.rss_peak_mb >= backlog.rss_start_mb && backlog.rss_start_mb > 0.0);
     let json = serde_json::to_value(&report).unwrap();
     for key in ["raw", "paystream", "ratio", "fsync", "verified"] {
         assert!(json.get(key).is_some(), "bench --json has {key}");
