@@ -340,7 +340,9 @@ pub async fn record_in(
         hist.push(history_row(&id, to, c.cause.clone(), now));
         if let Some(kind) = c.event {
             let event = PaymentEvent {
-                event_id: Uuid::new_v4(),
+                // Time-ordered (v7): de-duplication rows keyed by it append to their index
+                // instead of landing on a random page of it.
+                event_id: Uuid::now_v7(),
                 kind,
                 payment_id: c.payment_id,
                 buyer_id: BuyerId::parse(&row.buyer_id)
