@@ -414,6 +414,9 @@ struct Final {
     next_attempt_at_ms: Option<i64>,
 }
 
+/// A column's new value for one payment, if it changes.
+type ValueOf = dyn Fn(&Final) -> Option<Expr>;
+
 /// `CASE WHEN payment_id = … THEN … END` over `rows` (those for which `value` gives one); a row
 /// without a value keeps `column`. `None` when no row has a value: the column is left alone.
 fn case_of(
@@ -444,7 +447,7 @@ async fn update_finals(
         .col_expr(C::UpdatedAtMs, Expr::value(now))
         .col_expr(C::LeaseUntilMs, Expr::value(Option::<i64>::None))
         .filter(C::PaymentId.is_in(rows.iter().map(|(id, _)| id.as_str())));
-    let columns: [(C, &dyn Fn(&Final) -> Option<Expr>); 7] = [
+    let columns: [(C, &ValueOf); 7] = [
         (C::State, &|f| f.state.map(|s| Expr::value(s.as_str()))),
         (C::Version, &|f| Some(Expr::value(f.version))),
         (C::PspReference, &|f| {
