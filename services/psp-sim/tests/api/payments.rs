@@ -54,6 +54,58 @@ async fn concurrent_same_key_posts_charge_once() {
     assert_eq!(stats["double_charges"], 0);
 }
 
+/// Charges arriving together are committed as one group: within a group, each key is charged
+/// once, a repeat of it replays that charge and a different request under it is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_keys_is_charged_once_each() {
+    let sim = spawn().await;
+    let keys: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
+    let same = charge_body(700);
+    let other = charge_body(701);
+    // Every key three times at once: twice the same request, once a different one.
+    let posts = keys.iter().flat_map(|k| {
+        [
+            sim.post_payment(k, &same),
+            sim.post_payment(k, &same),
+            sim.post_payment(k, &other),
+        ]
+    });
+    let answers = futures::future::join_all(posts).await;
+    let mut per_key: std::collections::HashMap<String, Vec<(StatusCode, Option<String>)>> =
+        Default::default();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap();
+        let reference = body["psp_reference"].as_str().map(str::to_owned);
+        per_key
+            .entry(keys[i / 3].clone())
+            .or_default()
+            .push((status, reference));
+    }
+    for (key, answers) in &per_key {
+        let charged: Vec<&Option<String>> = answers
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::OK)
+            .map(|(_, r)| r)
+            .collect();
+        let conflicts = answers
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CONFLICT)
+            .count();
+        // Whichever request came first was charged; the other kind is the conflict.
+        assert_eq!(charged.len() + conflicts, 3, "{key}: {answers:?}");
+        assert!(conflicts >= 1, "{key}: {answers:?}");
+        assert!(
+            charged.windows(2).all(|w| w[0] == w[1]) && charged[0].is_some(),
+            "{key}: every successful answer is the one charge: {answers:?}"
+        );
+        assert_eq!(sim.status(key).await.unwrap()["charge_count"], 1, "{key}");
+    }
+    let stats = sim.stats().await;
+    assert_eq!(stats["charges"], 200);
+    assert_eq!(stats["double_charges"], 0);
+}
+
 #[tokio::test]
 async fn key_reused_with_a_different_request_is_a_conflict() {
     let sim = spawn().await;
