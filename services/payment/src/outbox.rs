@@ -26,6 +26,8 @@ use crate::store;
 
 /// Events taken per round; bounded so one round's acks fit the publish window.
 const ROUND_EVENTS_MAX: u64 = 512;
+/// How often an idle relay refreshes `paystream_outbox_backlog`.
+const BACKLOG_GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// The lease one relay holds while it publishes.
 const LEASE: &str = "outbox-relay";
 
@@ -39,6 +41,7 @@ pub async fn run(
     let me = ownership::instance_id();
     let mut publisher = OrderedPublisher::new(js);
     let mut leased_until: Option<Instant> = None;
+    let mut backlog_counted: Option<Instant> = None;
     loop {
         // Renewed at a third of its TTL: a relay that cannot renew stops publishing well before
         // another may take over.
@@ -76,14 +79,18 @@ pub async fn run(
         } else {
             0
         };
+        // Once a second, busy or idle: while the relay drains a backlog is when the gauge matters.
+        if backlog_counted.is_none_or(|t| t.elapsed() >= BACKLOG_GAUGE_EVERY) {
+            backlog_counted = Some(Instant::now());
+            if let Ok(n) = store::outbox_backlog(&db).await {
+                gauge!(names::OUTBOX_BACKLOG).set(n as f64);
+            }
+        }
         if published > 0 {
             continue;
         }
         if shutdown.is_fired() {
             break;
-        }
-        if let Ok(n) = store::outbox_backlog(&db).await {
-            gauge!(names::OUTBOX_BACKLOG).set(n as f64);
         }
         // Events committed by other instances' intakes do not wake this relay: it polls.
         let idle = if holds {
