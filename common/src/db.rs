@@ -17,8 +17,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30));
     if let Some(path) = sqlite_path(url) {
-        let path = path.to_owned();
-        if let Some(dir) = std::path::Path::new(&path).parent() {
+        if let Some(dir) = std::path::Path::new(path).parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DbErr::Custom(format!("{}: {e}", dir.display())))?;
         }
@@ -36,78 +35,76 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 // the indexes no longer fit 2 MiB and every lookup became a pread (`perf`: 4% of
                 // the bench's samples in pread alone).
                 .pragma("cache_size", "-32768")
-                // Checkpoints run beside the writer (`checkpointer`), not inside its commits:
-                // an automatic one copied ~1,000 pages and fsynced while every service waited on
-                // the one connection (`perf`: 9% of the bench's samples, and its p99 spikes).
-                .pragma("wal_autocheckpoint", "0")
+                // A service process checkpoints beside the writer (`checkpointer`), not inside
+                // its commits: SQLite's automatic checkpoint every 1,000 pages copied them and
+                // fsynced while every service waited on the one connection (`perf`: 9% of the
+                // bench's samples, and its p99 spikes). The automatic one stays, at 64 MiB: it
+                // restarts a WAL that continuous writes never let the checkpointer finish (by
+                // then nearly all of it is copied, so it is quick), and it bounds the WAL by
+                // itself in processes without a checkpointer or if that one fails.
+                .pragma("wal_autocheckpoint", WAL_FRAMES_MAX.to_string())
                 .pragma("journal_size_limit", "67108864")
         });
-        let db = Database::connect(opts).await?;
-        tokio::spawn(checkpointer(
-            path.to_owned(),
-            db.get_sqlite_connection_pool().clone(),
-        ));
-        return Ok(db);
+    } else {
+        opts.max_connections(16).min_connections(1);
     }
-    opts.max_connections(16).min_connections(1);
     Database::connect(opts).await
 }
 
-/// WAL frames (pages) past which the checkpointer starts the WAL afresh: 64 MiB.
-const WAL_FRAMES_MAX: i64 = 16_384;
+/// WAL frames (pages) past which SQLite's own checkpoint restarts the WAL: 64 MiB.
+const WAL_FRAMES_MAX: u32 = 16_384;
 /// How often the checkpointer moves the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Failed checkpoints in a row (10 s of them) before the checkpointer warns.
+const CHECKPOINT_FAILURES_WARN: u32 = 40;
 
-/// Checkpoints `path`'s WAL every [`CHECKPOINT_EVERY`] on a connection of its own, `PASSIVE`ly:
-/// it copies what no reader still needs and never blocks the writer, which goes on appending to
-/// the WAL meanwhile (and restarts it from the top once it was wholly copied). Stops when `main`
-/// is closed. Errors (another process checkpointing at the same moment) are skipped: the next
-/// round does it.
-async fn checkpointer(path: String, main: sea_orm::sqlx::SqlitePool) {
-    use sea_orm::sqlx::{Connection, sqlite::SqliteConnectOptions};
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .busy_timeout(Duration::from_secs(5));
-    let mut conn = loop {
-        match sea_orm::sqlx::SqliteConnection::connect_with(&options).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(%path, error = %e, "checkpointer cannot open the database; retrying");
-                if main.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+/// A service process's SQLite checkpointer, until `shutdown`: every [`CHECKPOINT_EVERY`], on a
+/// connection of its own (opened like `db`'s), a `PASSIVE` checkpoint copies what no reader still
+/// needs into the database file without blocking the writer, which goes on appending to the WAL.
+/// Nothing to do for PostgreSQL but wait for `shutdown`. A failure (another process checkpointing at the same moment) is
+/// retried next round; SQLite's own checkpoint at 64 MiB stays as the backstop.
+pub async fn checkpointer(db: DatabaseConnection, mut shutdown: crate::shutdown::Shutdown) {
+    use sea_orm::sqlx::Connection;
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        // Runs as long as its siblings all the same: a service task that ends early means trouble.
+        shutdown.wait().await;
+        return;
+    }
+    let options = (*db.get_sqlite_connection_pool().connect_options()).clone();
+    drop(db);
+    let mut conn = None;
+    let mut failures = 0u32;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !main.is_closed() {
-        tick.tick().await;
-        // (busy, frames in the WAL, frames copied)
-        let passive =
-            sea_orm::sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&mut conn)
-                .await;
-        match passive {
-            // While writes go on, the WAL is never wholly copied here, so it would never start
-            // over: past WAL_FRAMES_MAX the writer's own connection copies the (by now small) rest
-            // between two of its transactions, and its next write starts the WAL from the top.
-            // (A RESTART checkpoint from this connection made the writer wait in SQLite's busy
-            // handler, whose sleeps put 200 ms into the bench's p99.)
-            Ok((_, frames, _)) if frames > WAL_FRAMES_MAX => {
-                if let Err(e) = sea_orm::sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&main)
-                    .await
-                {
-                    tracing::debug!(%path, error = %e, "WAL restart skipped");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            () = shutdown.wait() => break,
+        }
+        let result = match &mut conn {
+            Some(c) => sea_orm::sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *c)
+                .await
+                .map(|_| ()),
+            None => sea_orm::sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .map(|c| conn = Some(c)),
+        };
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures.is_multiple_of(CHECKPOINT_FAILURES_WARN) {
+                    tracing::warn!(error = %e, failures, "SQLite checkpoints failing; SQLite's own checkpoint bounds the WAL meanwhile");
+                } else {
+                    tracing::debug!(error = %e, "checkpoint skipped");
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(%path, error = %e, "checkpoint skipped"),
         }
     }
-    let _ = conn.close().await;
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
 }
 
 /// PostgreSQL TLS only when asked for: a URL without `sslmode` gets `sslmode=disable`. sqlx's

@@ -302,6 +302,10 @@ async fn start_parts(
     let conn = connect_db(&cfg, shutdown.clone()).await?;
     db_ready.store(true, Ordering::Relaxed);
     app.db = Some(conn.clone());
+    app.tasks.spawn(paystream_common::db::checkpointer(
+        conn.clone(),
+        shutdown.clone(),
+    ));
 
     let streams_ready = readiness.component("streams");
     let client =
