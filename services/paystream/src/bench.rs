@@ -433,7 +433,7 @@ async fn backlog_run(
     })
     .await;
     app.shutdown().await;
-    let seconds = (waited? - started_ms) as f64 / 1000.0;
+    let seconds = ((waited? - started_ms) as f64 / 1000.0).max(0.001);
     Ok((
         Backlog {
             payments: n,
