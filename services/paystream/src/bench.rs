@@ -184,6 +184,21 @@ impl Window {
         }
         Ok(())
     }
+    /// Publishes a payment request as a client would: MessagePack, `Nats-Msg-Id` = payment_id.
+    async fn push_payment(
+        &mut self,
+        js: &jetstream::Context,
+        p: &PaymentRequest,
+    ) -> anyhow::Result<()> {
+        let msg = PublishMessage::build()
+            .payload(codec::to_msgpack(p).into())
+            .message_id(p.payment_id.to_string())
+            .header("Content-Type", codec::CONTENT_TYPE_MSGPACK);
+        let ack = js
+            .send_publish(format!("payments.request.{}", p.buyer_id), msg)
+            .await?;
+        self.push(ack).await
+    }
     async fn drain(&mut self) -> anyhow::Result<()> {
         while let Some(a) = self.acks.pop_front() {
             a.await?;
@@ -307,16 +322,7 @@ async fn paystream_run(
         if let Some(period) = period {
             tokio::time::sleep_until((started + period * i as u32).into()).await;
         }
-        let msg = PublishMessage::build()
-            .payload(codec::to_msgpack(p).into())
-            .message_id(p.payment_id.to_string())
-            .header("Content-Type", codec::CONTENT_TYPE_MSGPACK);
-        window
-            .push(
-                js.send_publish(format!("payments.request.{}", p.buyer_id), msg)
-                    .await?,
-            )
-            .await?;
+        window.push_payment(js, p).await?;
     }
     window.drain().await?;
     let last_ms = wait_applied(
@@ -402,16 +408,7 @@ async fn backlog_run(
     for i in 0..n {
         let p = payment(already as usize + i);
         sum += p.amount.minor();
-        let msg = PublishMessage::build()
-            .payload(codec::to_msgpack(&p).into())
-            .message_id(p.payment_id.to_string())
-            .header("Content-Type", codec::CONTENT_TYPE_MSGPACK);
-        window
-            .push(
-                js.send_publish(format!("payments.request.{}", p.buyer_id), msg)
-                    .await?,
-            )
-            .await?;
+        window.push_payment(js, &p).await?;
     }
     window.drain().await?;
     let app = app::start(cfg.clone(), bench_parts()).await?;
