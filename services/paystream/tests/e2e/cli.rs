@@ -1,28 +1,15 @@
 //! The `paystream` binary as a script would use it: `pay`, `status`, `balance` and
 //! `ledger check` with `--json`, and the exit codes (2 usage, 1 everything else).
 
-use std::process::Command;
 use std::time::Duration;
 
 use paystream_testkit::Backend;
 use serde_json::Value;
 
-use crate::helpers::{Env, eventually};
+use crate::helpers::{Env, eventually, run_cli};
 
 fn paystream(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paystream"))
-        .args(args)
-        .env_clear()
-        .env("PAYSTREAM_NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("PAYSTREAM_DATA_DIR", env.data.path())
-        .output()
-        .expect("paystream runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_cli(env, args, &[])
 }
 
 fn json(s: &str) -> Value {

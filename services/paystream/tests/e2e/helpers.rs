@@ -159,6 +159,25 @@ impl Env {
 }
 
 /// One integer from a query.
+/// Runs the `paystream` binary against `env` (its NATS, database and data dir, plus `extra`
+/// variables) and returns its exit code, stdout and stderr.
+pub fn run_cli(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .args(args)
+        .env_clear()
+        .env("PAYSTREAM_NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("PAYSTREAM_DATA_DIR", env.data.path())
+        .envs(extra.iter().copied())
+        .output()
+        .expect("paystream runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
     let row = db
         .query_one_raw(Statement::from_string(

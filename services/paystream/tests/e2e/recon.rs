@@ -6,7 +6,6 @@
 //! balances, and a second run corrects nothing.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use paystream::recon;
@@ -144,20 +143,14 @@ fn today() -> String {
 }
 
 fn cli(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paystream"))
-        .args(args)
-        .env_clear()
-        .env("PAYSTREAM_NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("PAYSTREAM_DATA_DIR", env.data.path())
-        .env("PAYSTREAM_PSP_URL", env.psp_url())
-        .env("PAYSTREAM_ACTOR", "test-operator")
-        .output()
-        .expect("paystream runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let psp_url = env.psp_url();
+    crate::helpers::run_cli(
+        env,
+        args,
+        &[
+            ("PAYSTREAM_PSP_URL", psp_url.as_str()),
+            ("PAYSTREAM_ACTOR", "test-operator"),
+        ],
     )
 }
 
