@@ -69,6 +69,12 @@ pub mod names {
     pub const OPERATOR_REQUESTS: &str = "paystream_operator_requests_total";
     pub const PSP_CREDENTIALS_REFUSED: &str = "paystream_psp_credentials_refused";
     pub const PSP_CALLS_WITHHELD: &str = "paystream_psp_calls_withheld_total";
+    pub const PSP_CERTIFICATE_REFUSED: &str = "paystream_psp_certificate_refused";
+    pub const PSP_IN_FLIGHT: &str = "paystream_psp_in_flight";
+    pub const PSP_RATE_LIMITED: &str = "paystream_psp_rate_limited_total";
+    pub const PSP_RATE_LIMIT: &str = "paystream_psp_rate_limit_requests_per_second";
+    pub const PSP_CIRCUIT_STATE: &str = "paystream_psp_circuit_state";
+    pub const PSP_CIRCUIT_TRANSITIONS: &str = "paystream_psp_circuit_transitions_total";
     pub const RECON_RUNS: &str = "paystream_recon_runs_total";
     pub const RECON_ROWS: &str = "paystream_recon_rows_total";
     pub const RECON_CORRECTIONS: &str = "paystream_recon_corrections_total";
@@ -108,12 +114,15 @@ pub const REJECTION_FIELDS: [&str; 9] = [
     "reason",
 ];
 pub const PSP_OPS: [&str; 3] = ["charge", "refund", "lookup"];
-pub const PSP_OUTCOMES: [&str; 5] = [
+/// States of the PSP circuit breaker, the `to` label of its transitions.
+pub const PSP_CIRCUIT_STATES: [&str; 3] = ["closed", "half_open", "open"];
+pub const PSP_OUTCOMES: [&str; 6] = [
     "succeeded",
     "declined",
     "unknown",
     "not_found",
     "config_error",
+    "rate_limited",
 ];
 /// Reasons a message is retried (`Verdict::Retry` labels).
 pub const RETRY_REASONS: [&str; 6] = [
@@ -280,7 +289,37 @@ fn register_catalogue() {
         PSP_CALLS_WITHHELD,
         "PSP calls not sent because the PSP refused our credentials moments ago, by operation."
     );
+    describe_gauge!(
+        PSP_CERTIFICATE_REFUSED,
+        "1 while the PSP's TLS certificate does not verify (a configuration error, like a 401)."
+    );
+    describe_gauge!(PSP_IN_FLIGHT, "PSP calls in flight in this instance.");
+    describe_counter!(
+        PSP_RATE_LIMITED,
+        "PSP answers 429 (rate limited: nothing was processed), by operation."
+    );
+    describe_gauge!(
+        PSP_RATE_LIMIT,
+        "Requests per second the adaptive limiter allows the PSP now."
+    );
+    describe_gauge!(
+        PSP_CIRCUIT_STATE,
+        "The PSP circuit breaker: 0 closed, 1 half-open (probing), 2 open (no new calls)."
+    );
+    describe_counter!(
+        PSP_CIRCUIT_TRANSITIONS,
+        "Circuit breaker transitions, by the state entered."
+    );
     gauge!(PSP_CREDENTIALS_REFUSED).set(0.0);
+    gauge!(PSP_CERTIFICATE_REFUSED).set(0.0);
+    gauge!(PSP_IN_FLIGHT).set(0.0);
+    gauge!(PSP_CIRCUIT_STATE).set(0.0);
+    for to in PSP_CIRCUIT_STATES {
+        counter!(PSP_CIRCUIT_TRANSITIONS, "to" => to).absolute(0);
+    }
+    for op in PSP_OPS {
+        counter!(PSP_RATE_LIMITED, "op" => op).absolute(0);
+    }
     for op in PSP_OPS {
         counter!(PSP_CALLS_WITHHELD, "op" => op).absolute(0);
     }
