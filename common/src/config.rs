@@ -174,6 +174,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub nats_password: Option<Secret>,
+    /// A file holding the NATS password (a compose or Kubernetes secret, e.g.
+    /// `/run/secrets/nats_paystream_password`), instead of `PAYSTREAM_NATS_PASSWORD`; read when
+    /// connecting, without its trailing newline.
+    #[arg(
+        long,
+        env = "PAYSTREAM_NATS_PASSWORD_FILE",
+        global = true,
+        conflicts_with = "nats_password"
+    )]
+    pub nats_password_file: Option<PathBuf>,
     /// A NATS creds file (JWT + nkey seed), instead of user and password.
     #[arg(long, env = "PAYSTREAM_NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
@@ -317,6 +327,29 @@ pub struct Config {
     /// instead of fetching the day's file from the PSP.
     #[arg(long, env = "PAYSTREAM_RECON_DROP_DIR", global = true)]
     pub recon_drop_dir: Option<PathBuf>,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "PAYSTREAM_LOG_FORMAT", default_value = "text", value_parser = LogFormat::parse, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`PAYSTREAM_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!(
+                "PAYSTREAM_LOG_FORMAT: {s:?} is neither text nor json"
+            )),
+        }
+    }
 }
 
 /// Parses `HH:MM` or `HH:MM:SS` (24-hour).
@@ -447,6 +480,29 @@ mod tests {
             "sqlite://./data/x.sqlite?mode=rwc"
         );
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let cfg = Config::load_from(["paystream"]).unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Text);
+        let cfg = Config::load_from(["paystream", "--log-format=json"]).unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let err = Config::load_from(["paystream", "--log-format=xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PAYSTREAM_LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn nats_password_or_its_file_not_both() {
+        let err = Config::load_from([
+            "paystream",
+            "--nats-password=p",
+            "--nats-password-file=/run/secrets/p",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }
 

@@ -46,8 +46,16 @@ pub enum ConnectError {
         "no NATS server configured: set PAYSTREAM_NATS_URL, or start `paystream up` (it writes {0})"
     )]
     NoUrl(String),
-    #[error("PAYSTREAM_NATS_USER is set to {0:?} but PAYSTREAM_NATS_PASSWORD is not")]
+    #[error(
+        "PAYSTREAM_NATS_USER is set to {0:?} but neither PAYSTREAM_NATS_PASSWORD nor \
+         PAYSTREAM_NATS_PASSWORD_FILE is"
+    )]
     NoPassword(String),
+    #[error("PAYSTREAM_NATS_PASSWORD_FILE {path}: {source}")]
+    PasswordFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("reading NATS credentials {path}: {source}")]
     Credentials {
         path: String,
@@ -112,17 +120,19 @@ impl Auth {
 }
 
 /// The credentials in force for `role`: `PAYSTREAM_NATS_CREDS`, else `PAYSTREAM_NATS_USER` and
-/// `PAYSTREAM_NATS_PASSWORD`, else — when the server is `up`'s embedded one, found through the
-/// data dir — the role's user from the passwords `up` generated; else none.
+/// `PAYSTREAM_NATS_PASSWORD` (or the file `PAYSTREAM_NATS_PASSWORD_FILE`), else — when the server
+/// is `up`'s embedded one, found through the data dir — the role's user from the passwords `up`
+/// generated; else none.
 pub fn resolve_auth(cfg: &Config, role: Role) -> Result<Auth, ConnectError> {
     if let Some(path) = &cfg.nats_creds {
         return Ok(Auth::Creds(path.clone()));
     }
     if let Some(user) = &cfg.nats_user {
-        let password = cfg
-            .nats_password
-            .clone()
-            .ok_or_else(|| ConnectError::NoPassword(user.clone()))?;
+        let password = match (&cfg.nats_password, &cfg.nats_password_file) {
+            (Some(password), _) => password.clone(),
+            (None, Some(path)) => password_file(path)?,
+            (None, None) => return Err(ConnectError::NoPassword(user.clone())),
+        };
         return Ok(Auth::UserPassword {
             user: user.clone(),
             password,
@@ -145,6 +155,20 @@ pub fn resolve_auth(cfg: &Config, role: Role) -> Result<Auth, ConnectError> {
         }
     }
     Ok(Auth::Anonymous)
+}
+
+/// A password kept in a file (a mounted secret), without the newline an editor or `echo` leaves.
+fn password_file(path: &Path) -> Result<Secret, ConnectError> {
+    let error = |source| ConnectError::PasswordFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(error)?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(error(std::io::Error::other("the file is empty")));
+    }
+    Ok(Secret(password.to_owned()))
 }
 
 /// The passwords of `up`'s embedded server: read from the data dir, or generated (random, 122
@@ -452,6 +476,38 @@ mod tests {
         ));
         let c = cfg(&["--nats-url=nats://x:1"]);
         assert_eq!(resolve_auth(&c, Role::Service).unwrap(), Auth::Anonymous);
+    }
+
+    #[test]
+    fn a_password_file_is_read_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nats_paystream_password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let with_file = |path: &Path| {
+            cfg(&[
+                "--nats-url=nats://x:1",
+                "--nats-user=paystream",
+                &format!("--nats-password-file={}", path.display()),
+            ])
+        };
+        assert_eq!(
+            resolve_auth(&with_file(&file), Role::Service).unwrap(),
+            Auth::UserPassword {
+                user: "paystream".into(),
+                password: Secret("s3cret".into())
+            }
+        );
+        let missing = dir.path().join("missing");
+        let err = resolve_auth(&with_file(&missing), Role::Service).unwrap_err();
+        assert!(
+            err.to_string().starts_with("PAYSTREAM_NATS_PASSWORD_FILE ") && err.is_permanent(),
+            "{err}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(
+            resolve_auth(&with_file(&file), Role::Service),
+            Err(ConnectError::PasswordFile { .. })
+        ));
     }
 
     #[tokio::test]

@@ -15,24 +15,34 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::config::LogFormat;
 use crate::events::EventKind;
 use crate::shutdown::Shutdown;
 use crate::state::PaymentState;
 
 /// Logs to stderr; `RUST_LOG` filters (default: `default_level` for paystream, warn for the
-/// libraries' chatter).
-pub fn init_tracing(default_level: &str) {
+/// libraries' chatter). `json`: one object per line, the event's fields at the top level beside
+/// `timestamp`, `level`, `target` and `message`, and the current span's (`payment_id`, …) under
+/// `span`.
+pub fn init_tracing(default_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{default_level},sqlx=warn,sea_orm=warn,async_nats=warn"
         ))
     });
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 pub mod names {
@@ -85,6 +95,7 @@ pub mod names {
     pub const CONSUMER_LAG: &str = "paystream_consumer_lag";
     pub const LEDGER_IMBALANCE: &str = "paystream_ledger_imbalance_minor";
     pub const PAYMENTS_UNKNOWN_OLDEST: &str = "paystream_payments_unknown_oldest_seconds";
+    pub const BUILD_INFO: &str = "paystream_build_info";
 }
 
 /// Kinds of `-ERR` the NATS server reports to a connection.
@@ -210,6 +221,16 @@ pub fn install_metrics() -> PrometheusHandle {
 
 fn register_catalogue() {
     use names::*;
+    describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the version of paystream this process runs."
+    );
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+    // process_max_fds, process_start_time_seconds, …: refreshed at every scrape.
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
     describe_counter!(
         INGRESS_MESSAGES,
         "Ingress messages decoded, by kind and wire format."
@@ -313,6 +334,7 @@ fn register_catalogue() {
     gauge!(PSP_CREDENTIALS_REFUSED).set(0.0);
     gauge!(PSP_CERTIFICATE_REFUSED).set(0.0);
     gauge!(PSP_IN_FLIGHT).set(0.0);
+    gauge!(PSP_RATE_LIMIT).set(0.0);
     gauge!(PSP_CIRCUIT_STATE).set(0.0);
     for to in PSP_CIRCUIT_STATES {
         counter!(PSP_CIRCUIT_TRANSITIONS, "to" => to).absolute(0);
@@ -445,6 +467,9 @@ fn register_catalogue() {
         LEDGER_IMBALANCE,
         "Σ debits − Σ credits of the ledger per currency (0 when balanced), from a periodic check."
     );
+    // From start-up, before the ledger holds any currency (an empty ledger balances): one series
+    // without a currency, so alerts and dashboards find the metric in every process.
+    gauge!(LEDGER_IMBALANCE).set(0.0);
     describe_gauge!(
         PAYMENTS_UNKNOWN_OLDEST,
         Unit::Seconds,
@@ -538,6 +563,8 @@ impl Readiness {
 struct HttpState {
     metrics: PrometheusHandle,
     readiness: Readiness,
+    /// Reads this process's CPU time, memory and file descriptors for each scrape.
+    process: metrics_process::Collector,
 }
 
 /// Serves `/metrics`, `/livez` and `/readyz` until shutdown. Binds before returning, so a bad
@@ -564,7 +591,10 @@ pub async fn serve_http(
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+            get(|State(s): State<HttpState>| async move {
+                s.process.collect();
+                s.metrics.render()
+            }),
         )
         .route("/livez", get(|| async { "ok" }))
         .route(
@@ -582,7 +612,11 @@ pub async fn serve_http(
                 }
             }),
         )
-        .with_state(HttpState { metrics, readiness });
+        .with_state(HttpState {
+            metrics,
+            readiness,
+            process: metrics_process::Collector::default(),
+        });
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.into_future())

@@ -21,7 +21,10 @@ fn main() -> ExitCode {
         cli.command,
         Command::Up | Command::Serve { .. } | Command::PspSim
     );
-    telemetry::init_tracing(if long_running { "info" } else { "warn" });
+    telemetry::init_tracing(
+        if long_running { "info" } else { "warn" },
+        cli.config.log_format,
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

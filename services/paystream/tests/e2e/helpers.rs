@@ -449,3 +449,17 @@ pub async fn assert_exactly_once(
     );
     per_state
 }
+
+/// Status and body of a plain HTTP/1.0 GET to a process this test started (`/metrics`,
+/// `/readyz`); `None` while nothing listens. Plain TCP: no TLS, so no crypto provider to install
+/// in a test that runs paystream as a child process.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}

@@ -48,6 +48,88 @@ fn prometheus_config_and_alert_rules() {
     );
 }
 
+/// A long-running command with `PAYSTREAM_LOG_FORMAT=json` logs one JSON object per line, and
+/// its `/metrics` has the process metrics, the build info and the catalogue's zeros from the
+/// start (`psp-sim` alone: it needs no NATS or database).
+#[test]
+fn json_logs_and_process_metrics_from_start_up() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .arg("psp-sim")
+        .env_clear()
+        .env("PAYSTREAM_DATA_DIR", data.path())
+        .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("PAYSTREAM_PSP_SIM_ADDR", "127.0.0.1:0")
+        .env("PAYSTREAM_LOG_FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("a log line").unwrap();
+    let event: serde_json::Value = serde_json::from_str(&first)
+        .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {first}"));
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert_eq!(
+        event["message"], "metrics and health endpoints listening",
+        "{event}"
+    );
+    let addr = event["http_addr"]
+        .as_str()
+        .expect("the event's fields at the top level");
+    let (status, metrics) = crate::helpers::http_get(addr, "/metrics").expect("psp-sim answers");
+    assert_eq!(status, 200, "{metrics}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let version = env!("CARGO_PKG_VERSION");
+    for series in [
+        format!("paystream_build_info{{version=\"{version}\"}} 1"),
+        "paystream_ledger_imbalance_minor 0".to_owned(),
+        "paystream_psp_rate_limit_requests_per_second 0".to_owned(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} missing:\n{metrics}"
+        );
+    }
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(gauge("process_resident_memory_bytes") > 1e6);
+    assert!(gauge("process_open_fds") >= 3.0);
+    assert!(gauge("process_max_fds") >= gauge("process_open_fds"));
+    assert!(gauge("process_cpu_seconds_total") >= 0.0);
+    assert!(gauge("process_threads") >= 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = gauge("process_start_time_seconds");
+    assert!(
+        started <= now && now - started < 300.0,
+        "{started} vs {now}"
+    );
+}
+
+/// A log format other than text or json is refused at start-up, naming the variable.
+#[test]
+fn a_bad_log_format_is_refused_naming_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .args(["status", "00000000-0000-0000-0000-000000000000"])
+        .env_clear()
+        .env("PAYSTREAM_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PAYSTREAM_LOG_FORMAT"), "{stderr}");
+}
+
 #[test]
 fn compose_and_dockerfile() {
     run_ok(
