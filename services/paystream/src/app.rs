@@ -226,6 +226,9 @@ async fn start_parts(
     }
     let metrics = telemetry::install_metrics();
     let readiness = Readiness::default();
+    // `/readyz` is served from the next line on, and each part registers what it waits for only
+    // as it starts: until start-up is over, nothing may look ready.
+    let starting = readiness.component("start-up");
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();
     let (http_addr, http_task) =
@@ -295,6 +298,7 @@ async fn start_parts(
             readiness.clone(),
             shutdown.clone(),
         ));
+        starting.store(true, Ordering::Relaxed);
         return Ok(app);
     }
 
@@ -455,5 +459,6 @@ async fn start_parts(
             shutdown.clone(),
         ));
     }
+    starting.store(true, Ordering::Relaxed);
     Ok(app)
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{eventually, scalar};
+use crate::helpers::{eventually, http_get, scalar};
 
 fn paystream(data: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_paystream"))
@@ -118,6 +118,25 @@ async fn up_embedded() {
     // the first payment.
     let up = spawn_up(data.path(), &[("PAYSTREAM_LEDGER_CHECK_INTERVAL", "1s")]);
     let dir = data.path().to_path_buf();
+    // Ready means started: /readyz is served from the first moment, so it must not say ready
+    // while the parts that register what they wait for are still starting (README's first
+    // session waits for it, then pays through the embedded NATS).
+    eventually(Duration::from_secs(30), "up is ready", || {
+        let dir = dir.clone();
+        async move {
+            let Some(addr) = http_addr(&dir) else {
+                return false;
+            };
+            http_get(&addr, "/readyz").is_some_and(|(status, _)| status == 200)
+        }
+    })
+    .await;
+    assert!(
+        data.path().join("nats.url").exists(),
+        "/readyz said ready before the embedded NATS was up"
+    );
+    let addr = http_addr(data.path()).expect("up logged its HTTP address");
+    let metrics = || http_get(&addr, "/metrics").expect("up serves /metrics").1;
     eventually(Duration::from_secs(30), "up accepts a payment", || {
         let dir = dir.clone();
         async move {
@@ -158,11 +177,9 @@ async fn up_embedded() {
     })
     .await;
 
-    let addr = http_addr(data.path()).expect("up logged its HTTP address");
-    let url = format!("http://{addr}/metrics");
     let deadline = Instant::now() + Duration::from_secs(10);
     let exposition = loop {
-        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let text = metrics();
         if text.contains(r#"paystream_ledger_imbalance_minor{currency="USD"} 0"#) {
             break text;
         }
