@@ -48,6 +48,16 @@ fn prometheus_config_and_alert_rules() {
     );
 }
 
+#[test]
+fn dashboards_and_alert_rules_hold_their_rules() {
+    // Datasource variable, filters, no fixed window, no raw counter; every alert described,
+    // with a runbook section in README.md and a unit test.
+    run_ok(
+        Command::new(root().join(".venv/bin/python")).arg("scripts/check-monitoring.py"),
+        "scripts/check-monitoring.py",
+    );
+}
+
 /// A long-running command with `PAYSTREAM_LOG_FORMAT=json` logs one JSON object per line, and
 /// its `/metrics` has the process metrics, the build info and the catalogue's zeros from the
 /// start (`psp-sim` alone: it needs no NATS or database).

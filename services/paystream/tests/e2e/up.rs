@@ -137,6 +137,9 @@ async fn up_embedded() {
     );
     let addr = http_addr(data.path()).expect("up logged its HTTP address");
     let metrics = || http_get(&addr, "/metrics").expect("up serves /metrics").1;
+    // From start-up, before any payment: every metric the dashboards and rules query is there
+    // (an absent() rule or a fresh dashboard must not wait for the first event).
+    rules_and_dashboards_use_exported_metrics(&metrics());
     eventually(Duration::from_secs(30), "up accepts a payment", || {
         let dir = dir.clone();
         async move {
@@ -233,8 +236,9 @@ async fn compose_health_check_passes(addr: &str) {
     }
 }
 
-/// Every `paystream_*` metric a Grafana panel or an alert rule queries is one that the running
-/// `paystream up` exports.
+/// Every `paystream_*` and `process_*` metric a Grafana panel or an alert rule queries is one that
+/// the running `paystream up` exports. (Recorded series, `level:metric:operation`, are checked
+/// against the recording rules by scripts/check-monitoring.py.)
 fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
     let exported: BTreeSet<&str> = exposition
         .lines()
@@ -251,9 +255,12 @@ fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
     let mut label_pairs = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        for (i, _) in text.match_indices("paystream_") {
-            if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                continue; // part of another word (a uid, a file name)
+        let names = text
+            .match_indices("paystream_")
+            .chain(text.match_indices("process_"));
+        for (i, _) in names {
+            if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || "_-:".contains(c)) {
+                continue; // part of another word (a uid, a file name, a recorded series)
             }
             let name: String = text[i..]
                 .chars()
@@ -297,6 +304,9 @@ fn rules_and_dashboards_use_exported_metrics(exposition: &str) {
         checked.len() > 25,
         "the dashboards and rules query paystream metrics: {checked:?}"
     );
+    for name in ["paystream_build_info", "process_cpu_seconds_total"] {
+        assert!(checked.contains(name), "the dashboards plot {name}");
+    }
 }
 
 /// SIGTERM while payments are in flight: the batch in hand is finished (no payment is left
