@@ -13,9 +13,16 @@ Usage: .venv/bin/python scripts/check-compose.py PAYSTREAM_BINARY
 - the services built from this repository (the paystream image): each environment variable is one
   that common::config::Config reads (`env = "…"`), each command is a real subcommand of the
   binary (`paystream <command> --help` exits 0), each is scraped by deploy/prometheus.yml;
-- the NATS cluster: 3 nodes of the official image, 2.11 or newer, whose routes (in the mounted
-  config) are exactly those nodes, all listed in PAYSTREAM_NATS_URL, with PAYSTREAM_REPLICAS=3;
-- the Dockerfile is multi-stage, its runtime stage runs as a non-root user and copies one binary.
+- the NATS cluster: 3 nodes of the official image, on the nats-server version the tests run
+  (scripts/setup.sh), whose routes (in the mounted config) are exactly those nodes, all listed in
+  PAYSTREAM_NATS_URL, with PAYSTREAM_REPLICAS=3;
+- no NATS password in any environment: each is a compose secret read from a file in ./secrets/
+  (ignored by git and by the image build); the NATS nodes mount every variable nats/accounts.conf
+  reads as a secret and run through deploy/nats/secrets-env.sh; a paystream service with a NATS user
+  reads its password from PAYSTREAM_NATS_PASSWORD_FILE, a secret it mounts;
+- the reconciler keeps its data dir (reports, settlement files) in a named volume;
+- the Dockerfile is multi-stage, its build strips the binary, its runtime stage runs as a non-root
+  user, copies one binary and carries the OCI labels (version and license those of Cargo.toml).
 
 Exits 1 listing every problem found.
 """
@@ -145,10 +152,15 @@ def check(binary):
     nats = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("nats:")}
     if len(nats) != 3:
         problems.append(f"expected a 3-node NATS cluster, found {sorted(nats)}")
+    tested = re.search(r"^NATS_SERVER_VERSION=(\S+)$",
+                       (ROOT / "scripts/setup.sh").read_text(encoding="utf-8"), re.M).group(1)
     for name, svc in nats.items():
         version = image_version(svc["image"])
         if version is None or version < (2, 11):
             problems.append(f"{name}: {svc['image']}: paystream needs nats-server 2.11 or newer")
+        tag = str(svc["image"]).split(":", 1)[1]
+        if tag.split("-")[0] != tested:
+            problems.append(f"{name}: {svc['image']}: the tests run nats-server {tested}")
         if env_dict(svc.get("environment")).get("SERVER_NAME") != name:
             problems.append(f"{name}: SERVER_NAME must be the service name")
         cmd = as_list(svc.get("command"))
@@ -170,17 +182,122 @@ def check(binary):
             if env.get("PAYSTREAM_REPLICAS") != "3":
                 problems.append(f"{name}: PAYSTREAM_REPLICAS must be 3 on the 3-node cluster")
 
-    problems += check_dockerfile((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    problems += check_secrets(compose, nats, paystream_services)
+    problems += check_reconciler_volume(services, paystream_services, dockerfile)
+    problems += check_dockerfile(dockerfile)
     return problems, paystream_services
+
+
+def mounted_secrets(svc):
+    """source → path in the container, for each secret a service mounts."""
+    out = {}
+    for sec in svc.get("secrets") or []:
+        if isinstance(sec, str):
+            out[sec] = f"/run/secrets/{sec}"
+        else:
+            target = sec.get("target") or sec["source"]
+            out[sec["source"]] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return out
+
+
+def check_secrets(compose, nats, paystream_services):
+    problems = []
+    services = compose.get("services", {})
+    declared = compose.get("secrets") or {}
+    for name, spec in declared.items():
+        source = (spec or {}).get("file", "")
+        if not source.startswith("./secrets/"):
+            problems.append(f"secret {name}: expected a file in ./secrets/, found {spec}")
+    ignored = {
+        ".gitignore": {"/secrets", "secrets", "/secrets/", "secrets/"},
+        ".dockerignore": {"secrets", "/secrets", "secrets/"},
+    }
+    for file, names in ignored.items():
+        lines = {l.strip() for l in (ROOT / file).read_text(encoding="utf-8").splitlines()}
+        if declared and not lines & names:
+            problems.append(f"{file} must leave out secrets/ (the password files)")
+    for name, svc in services.items():
+        for source in mounted_secrets(svc):
+            if source not in declared:
+                problems.append(f"{name}: mounts secret {source}, which is not declared")
+        for var, value in env_dict(svc.get("environment")).items():
+            if re.search(r"NATS_\w*PASSWORD", value) or var.endswith("NATS_PASSWORD") or (
+                    var.startswith("NATS_") and var.endswith("_PASSWORD")):
+                problems.append(f"{name}: {var}: NATS passwords come from secrets, not the environment")
+
+    accounts = (ROOT / "nats/accounts.conf").read_text(encoding="utf-8")
+    wanted = set(re.findall(r"\$(NATS_[A-Z0-9_]+_PASSWORD)", accounts))
+    for name, svc in nats.items():
+        targets = {path.rsplit("/", 1)[1] for path in mounted_secrets(svc).values()
+                   if path.startswith("/run/secrets/")}
+        for var in sorted(wanted - targets):
+            problems.append(f"{name}: nats/accounts.conf reads ${var}: mount a secret with target {var}")
+        entry = as_list(svc.get("entrypoint"))
+        script = [v.split(":")[1] for v in svc.get("volumes", []) if isinstance(v, str)
+                  and v.startswith("./deploy/nats/secrets-env.sh:")]
+        if not script or script[0] not in entry:
+            problems.append(f"{name}: the entrypoint must be the mounted deploy/nats/secrets-env.sh")
+
+    for name in paystream_services:
+        svc = services[name]
+        env = env_dict(svc.get("environment"))
+        if "PAYSTREAM_NATS_USER" not in env:
+            continue
+        path = env.get("PAYSTREAM_NATS_PASSWORD_FILE")
+        if path is None:
+            problems.append(f"{name}: a NATS user without PAYSTREAM_NATS_PASSWORD_FILE")
+        elif path not in mounted_secrets(svc).values():
+            problems.append(f"{name}: PAYSTREAM_NATS_PASSWORD_FILE={path} is no secret it mounts")
+    return problems
+
+
+def dockerfile_env(text, key):
+    m = re.search(rf"\b{key}=(\S+)", text)
+    return m.group(1) if m else None
+
+
+def check_reconciler_volume(services, paystream_services, dockerfile):
+    problems = []
+    for name in paystream_services:
+        svc = services[name]
+        if as_list(svc.get("command"))[:2] != ["serve", "reconciler"]:
+            continue
+        data_dir = env_dict(svc.get("environment")).get("PAYSTREAM_DATA_DIR") or dockerfile_env(
+            dockerfile, "PAYSTREAM_DATA_DIR")
+        named = [v for v in svc.get("volumes", []) if isinstance(v, str)
+                 and not v.startswith((".", "/")) and v.split(":")[1] == data_dir]
+        if not named:
+            problems.append(f"{name}: its reports in {data_dir} need a named volume there")
+    return problems
+
+
+def instructions(text):
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    out, current = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        current += " " + stripped.rstrip("\\").strip() if current else stripped.rstrip("\\").strip()
+        if not stripped.endswith("\\"):
+            out.append(current)
+            current = ""
+    if current:
+        out.append(current)
+    return out
 
 
 def check_dockerfile(text):
     problems = []
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    lines = instructions(text)
     froms = [i for i, l in enumerate(lines) if l.upper().startswith("FROM ")]
     if len(froms) < 2:
         return ["Dockerfile: not multi-stage"]
-    runtime = lines[froms[-1]:]
+    build, runtime = lines[froms[-2]:froms[-1]], lines[froms[-1]:]
+    if not any("CARGO_PROFILE_RELEASE_STRIP=symbols" in l or re.search(r"\bstrip\b", l)
+               for l in build if l.upper().startswith(("ENV ", "RUN "))):
+        problems.append("Dockerfile: the build must strip the binary (CARGO_PROFILE_RELEASE_STRIP=symbols)")
     users = [l.split()[1] for l in runtime if l.upper().startswith("USER ")]
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("Dockerfile: the runtime stage must switch to a non-root USER")
@@ -189,6 +306,19 @@ def check_dockerfile(text):
         problems.append(f"Dockerfile: the runtime stage should copy one binary from the build: {copies}")
     if not any(l.upper().startswith("ENTRYPOINT") and "paystream" in l for l in runtime):
         problems.append("Dockerfile: the entrypoint should be paystream")
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"',
+                             " ".join(l for l in runtime if l.upper().startswith("LABEL "))))
+    for key in ("title", "description", "version", "revision", "created", "source", "licenses"):
+        if f"org.opencontainers.image.{key}" not in labels:
+            problems.append(f"Dockerfile: no org.opencontainers.image.{key} label")
+    cargo = (ROOT / "Cargo.toml").read_text(encoding="utf-8")
+    version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    license_ = re.search(r'^license = "([^"]+)"', cargo, re.M).group(1)
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)", "\n".join(runtime), re.M))
+    if labels.get("org.opencontainers.image.version") != "${VERSION}" or args.get("VERSION") != version:
+        problems.append(f"Dockerfile: the version label must be ARG VERSION, defaulting to {version}")
+    if labels.get("org.opencontainers.image.licenses") != license_:
+        problems.append(f"Dockerfile: the licenses label must be Cargo.toml's {license_}")
     return problems
 
 

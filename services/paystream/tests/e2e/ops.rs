@@ -152,7 +152,9 @@ fn compose_and_dockerfile() {
 
 #[test]
 fn nats_cluster_config_is_valid() {
-    // Laid out as compose mounts them: /etc/nats/{cluster,accounts}.conf.
+    // Laid out as compose mounts them: /etc/nats/{cluster,accounts}.conf, and the passwords as
+    // compose secrets (files named after the variables, as README's recipe writes them), which
+    // the nodes' entrypoint deploy/nats/secrets-env.sh exports before running nats-server.
     let etc = tempfile::tempdir().unwrap();
     std::fs::copy(
         root().join("deploy/nats/cluster.conf"),
@@ -164,16 +166,38 @@ fn nats_cluster_config_is_valid() {
         etc.path().join("accounts.conf"),
     )
     .unwrap();
-    run_ok(
-        Command::new(paystream_testkit::nats_server_bin())
+    let secrets = tempfile::tempdir().unwrap();
+    for user in ["PAYSTREAM", "CHECKOUT", "OPERATOR", "VIEWER"] {
+        std::fs::write(
+            secrets.path().join(format!("NATS_{user}_PASSWORD")),
+            format!("pw{}\n", uuid::Uuid::new_v4().simple()),
+        )
+        .unwrap();
+    }
+    let check = |secrets: &std::path::Path| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("deploy/nats/secrets-env.sh")
+            .arg(paystream_testkit::nats_server_bin())
             .args(["-t", "-c"])
             .arg(etc.path().join("cluster.conf"))
-            .env("SERVER_NAME", "nats-1")
-            .env("NATS_PAYSTREAM_PASSWORD", "p1")
-            .env("NATS_CHECKOUT_PASSWORD", "p2")
-            .env("NATS_OPERATOR_PASSWORD", "p3")
-            .env("NATS_VIEWER_PASSWORD", "p4"),
-        "nats-server -t deploy/nats/cluster.conf (with nats/accounts.conf)",
+            .env("SECRETS_DIR", secrets)
+            .env("SERVER_NAME", "nats-1");
+        for user in ["PAYSTREAM", "CHECKOUT", "OPERATOR", "VIEWER"] {
+            cmd.env_remove(format!("NATS_{user}_PASSWORD"));
+        }
+        cmd
+    };
+    run_ok(
+        &mut check(secrets.path()),
+        "nats-server -t deploy/nats/cluster.conf (with nats/accounts.conf and the secrets)",
+    );
+    // Without one of the secrets the node refuses to start.
+    std::fs::remove_file(secrets.path().join("NATS_VIEWER_PASSWORD")).unwrap();
+    let out = check(secrets.path()).current_dir(root()).output().unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("NATS_VIEWER_PASSWORD"),
+        "{out:?}"
     );
 }
 
