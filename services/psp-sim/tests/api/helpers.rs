@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use paystream_psp_sim::{SimConfig, SimError, Simulator};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, ClientBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -58,15 +58,19 @@ pub async fn start(cfg: SimConfig, dir: TempDir) -> TestSim {
     }));
     TestSim {
         base: format!("http://{addr}"),
-        client: Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client"),
+        client: client_builder().build().expect("client"),
         sim,
         dir,
         shutdown,
         served,
     }
+}
+
+/// A client builder with the suite's timeout. reqwest is built without a crypto provider of its
+/// own (`rustls-no-provider`), so ring's is installed first, as the binary does.
+pub fn client_builder() -> ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder().timeout(Duration::from_secs(10))
 }
 
 /// A charge body for `amount` USD minor units to merchant `m-1`.

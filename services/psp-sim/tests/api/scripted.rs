@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{HANG_MS, day_of, scripted_body, spawn, spawn_with};
+use crate::helpers::{HANG_MS, client_builder, day_of, scripted_body, spawn, spawn_with};
 
 #[tokio::test]
 async fn decline_card_declines() {
@@ -44,7 +44,7 @@ async fn lost_response_charges_then_drops_only_the_first_answer() {
 #[tokio::test]
 async fn lost_response_outlasts_a_client_deadline() {
     let sim = spawn().await;
-    let impatient = Client::builder()
+    let impatient = client_builder()
         .timeout(Duration::from_millis(HANG_MS / 2))
         .build()
         .unwrap();
