@@ -7,6 +7,14 @@ pub enum SimError {
     /// A configuration value is out of its documented range.
     #[error("invalid simulator configuration: {0}")]
     Config(String),
+    /// A file or directory the configuration names (the store or its directory) could not be
+    /// used; `what` is its role, so the message says which.
+    #[error("{what} {}: {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// The SQLite store could not be opened, read or written.
     #[error("simulator store: {0}")]
     Store(#[from] sea_orm::DbErr),

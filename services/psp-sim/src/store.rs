@@ -204,8 +204,22 @@ async fn charge_writer(
 }
 
 impl Store {
-    /// Opens (creating if absent) the SQLite file at `path` and its tables.
+    /// Opens (creating if absent) the SQLite file at `path`, its directory and its tables.
     pub(crate) async fn open(path: &Path) -> Result<Self, SimError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| SimError::File {
+                    what: "simulator data directory",
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot create it: {e}"),
+                })?;
+        }
+        let unusable = |e: sea_orm::DbErr| SimError::File {
+            what: "simulator store",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         let file = path.to_path_buf();
         let mut options = ConnectOptions::new(sqlite_url(path));
         options
@@ -218,8 +232,8 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(BUSY_TIMEOUT)
             });
-        let db = Database::connect(options).await?;
-        db.execute_unprepared(SCHEMA).await?;
+        let db = Database::connect(options).await.map_err(unusable)?;
+        db.execute_unprepared(SCHEMA).await.map_err(unusable)?;
         let writer = Arc::new(Mutex::new(()));
         let (charges, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(charge_writer(db.clone(), writer.clone(), queue));

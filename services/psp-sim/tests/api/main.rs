@@ -2,6 +2,7 @@
 //! temporary directory per test, and a plain HTTP client.
 
 mod auth;
+mod data_dir;
 mod faults;
 mod helpers;
 mod payments;
