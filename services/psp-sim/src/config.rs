@@ -21,8 +21,13 @@ const API_KEY_LEN_MAX: usize = 256;
 pub struct SimConfig {
     /// SQLite file of the simulator's own store, created if absent, so records survive restarts.
     pub store_path: PathBuf,
-    /// Added to every `/v1` answer, to exercise the client's deadlines.
+    /// Added to every `/v1` answer, to exercise the client's deadlines: the exact latency, or the
+    /// median when `latency_p99_ms` is set.
     pub latency_ms: u64,
+    /// When set, each answer's latency is drawn log-normal with median `latency_ms` and this 99th
+    /// percentile (capped at [`LATENCY_MS_MAX`]), the long tail of a real PSP. At least
+    /// `latency_ms`, which must then be at least 1.
+    pub latency_p99_ms: Option<u64>,
     /// Share of requests (0.0–1.0) answered 500 without doing anything.
     pub error_rate: f64,
     /// Share of requests not processed and not answered: held for `hang_ms`, then 504.
@@ -61,6 +66,7 @@ impl Default for SimConfig {
         Self {
             store_path: PathBuf::from("psp-sim.sqlite"),
             latency_ms: 0,
+            latency_p99_ms: None,
             error_rate: 0.0,
             timeout_rate: 0.0,
             lost_response_rate: 0.0,
@@ -79,6 +85,7 @@ impl fmt::Debug for SimConfig {
         f.debug_struct("SimConfig")
             .field("store_path", &self.store_path)
             .field("latency_ms", &self.latency_ms)
+            .field("latency_p99_ms", &self.latency_p99_ms)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
             .field("lost_response_rate", &self.lost_response_rate)
@@ -115,6 +122,22 @@ impl SimConfig {
                 "latency_ms must be at most {LATENCY_MS_MAX}, got {}",
                 self.latency_ms
             )));
+        }
+        if let Some(p99_ms) = self.latency_p99_ms {
+            if self.latency_ms == 0 {
+                return Err(SimError::Config(
+                    "latency_p99_ms (PAYSTREAM_PSP_SIM_LATENCY_P99_MS) needs a median latency_ms \
+                     (PAYSTREAM_PSP_SIM_LATENCY_MS) of at least 1"
+                        .into(),
+                ));
+            }
+            if !(self.latency_ms..=LATENCY_MS_MAX).contains(&p99_ms) {
+                return Err(SimError::Config(format!(
+                    "latency_p99_ms (PAYSTREAM_PSP_SIM_LATENCY_P99_MS) must be between the median \
+                     latency_ms ({}) and {LATENCY_MS_MAX}, got {p99_ms}",
+                    self.latency_ms
+                )));
+            }
         }
         if self.hang_ms > HANG_MS_MAX {
             return Err(SimError::Config(format!(
@@ -173,6 +196,21 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn latency_p99_needs_a_median_below_it() {
+        let with = |latency_ms, p99_ms| SimConfig {
+            latency_ms,
+            latency_p99_ms: Some(p99_ms),
+            ..SimConfig::default()
+        };
+        assert!(with(250, 2_000).validate().is_ok());
+        assert!(with(250, 250).validate().is_ok());
+        for (median, p99) in [(250, 249), (0, 100), (250, LATENCY_MS_MAX + 1)] {
+            let err = with(median, p99).validate().unwrap_err().to_string();
+            assert!(err.contains("PAYSTREAM_PSP_SIM_LATENCY_P99_MS"), "{err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Random fault injection: one roll of the dice per request decides whether it meets an error,
-//! a timeout or a lost answer, and whether a new payment is declined. Seeded dice make a run
-//! reproducible when requests arrive in the same order.
+//! a timeout or a lost answer, and whether a new payment is declined; the same dice draw each
+//! request's latency when it is log-normal. Seeded dice make a run reproducible when requests
+//! arrive in the same order.
 
 use std::sync::Mutex;
 
@@ -8,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::SimConfig;
+use crate::latency::Latency;
 
 /// A fault the simulator inflicts on one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub(crate) struct Dice {
     lost_response_rate: f64,
     /// Share of new payments declined.
     decline_rate: f64,
+    /// The latency added to each `/v1` answer.
+    latency: Latency,
 }
 
 impl Dice {
@@ -57,18 +61,31 @@ impl Dice {
             timeout_rate: cfg.timeout_rate,
             lost_response_rate: cfg.lost_response_rate,
             decline_rate: cfg.decline_rate,
+            latency: Latency::new(cfg.latency_ms, cfg.latency_p99_ms),
         }
+    }
+
+    /// This request's latency in milliseconds; a fixed latency draws nothing, so it leaves the
+    /// sequence of fault rolls as it was.
+    pub(crate) fn latency_ms(&self) -> u64 {
+        if let Latency::Fixed { ms } = self.latency {
+            return ms;
+        }
+        self.latency.sample_ms(&mut *self.lock())
+    }
+
+    /// The generator; a panic while holding it cannot leave it half-updated in a way that
+    /// matters for fault injection, so a poisoned lock is simply reused.
+    fn lock(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Draws every decision for one request, always four draws in the same order so a seeded
     /// run stays reproducible.
     pub(crate) fn roll(&self) -> Roll {
-        // A panic while holding this lock cannot leave the generator half-updated in a way
-        // that matters for fault injection, so a poisoned lock is simply reused.
-        let mut rng = self
-            .rng
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rng = self.lock();
         let error = rng.random::<f64>() < self.error_rate;
         let timeout = rng.random::<f64>() < self.timeout_rate;
         let lose_answer = rng.random::<f64>() < self.lost_response_rate;

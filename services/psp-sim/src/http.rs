@@ -70,7 +70,7 @@ fn fronted(
 /// handler attached to its response.
 async fn front_door(State(front): State<Front>, request: Request, next: Next) -> Response {
     let shared = &front.sim.shared;
-    shared.hold_ms(shared.cfg.latency_ms).await;
+    shared.hold_ms(shared.dice.latency_ms()).await;
     let response = if authorized(shared.cfg.api_key.as_deref(), request.headers()) {
         next.run(request).await
     } else {

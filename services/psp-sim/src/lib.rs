@@ -15,6 +15,7 @@ mod drift;
 mod error;
 mod faults;
 mod http;
+mod latency;
 mod lookup;
 mod payments;
 mod record;

@@ -5,6 +5,7 @@ mod auth;
 mod data_dir;
 mod faults;
 mod helpers;
+mod latency;
 mod payments;
 mod refunds;
 mod restart;
