@@ -15,6 +15,8 @@ pub(crate) const HANG_MS_MAX: u64 = 600_000;
 pub(crate) const UNKNOWN_ROWS_MAX: u32 = 100_000;
 /// Longest accepted API key, so a header comparison stays cheap.
 const API_KEY_LEN_MAX: usize = 256;
+/// Highest rate limit, requests/s: far above what one simulator process can answer.
+pub(crate) const RATE_LIMIT_PER_S_MAX: u32 = 1_000_000;
 
 /// Configuration of one simulator instance.
 #[derive(Clone)]
@@ -28,6 +30,9 @@ pub struct SimConfig {
     /// percentile (capped at [`LATENCY_MS_MAX`]), the long tail of a real PSP. At least
     /// `latency_ms`, which must then be at least 1.
     pub latency_p99_ms: Option<u64>,
+    /// When set, most `/v1` requests per second (every route but `/v1/sim/*`), with a burst of
+    /// one second's worth; the excess is answered 429 with `Retry-After` and processes nothing.
+    pub rate_limit_per_s: Option<u32>,
     /// Share of requests (0.0–1.0) answered 500 without doing anything.
     pub error_rate: f64,
     /// Share of requests not processed and not answered: held for `hang_ms`, then 504.
@@ -67,6 +72,7 @@ impl Default for SimConfig {
             store_path: PathBuf::from("psp-sim.sqlite"),
             latency_ms: 0,
             latency_p99_ms: None,
+            rate_limit_per_s: None,
             error_rate: 0.0,
             timeout_rate: 0.0,
             lost_response_rate: 0.0,
@@ -86,6 +92,7 @@ impl fmt::Debug for SimConfig {
             .field("store_path", &self.store_path)
             .field("latency_ms", &self.latency_ms)
             .field("latency_p99_ms", &self.latency_p99_ms)
+            .field("rate_limit_per_s", &self.rate_limit_per_s)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
             .field("lost_response_rate", &self.lost_response_rate)
@@ -138,6 +145,14 @@ impl SimConfig {
                     self.latency_ms
                 )));
             }
+        }
+        if let Some(rate) = self.rate_limit_per_s
+            && !(1..=RATE_LIMIT_PER_S_MAX).contains(&rate)
+        {
+            return Err(SimError::Config(format!(
+                "rate_limit_per_s (PAYSTREAM_PSP_SIM_RATE_LIMIT) must be between 1 and \
+                 {RATE_LIMIT_PER_S_MAX}, got {rate}"
+            )));
         }
         if self.hang_ms > HANG_MS_MAX {
             return Err(SimError::Config(format!(
@@ -210,6 +225,17 @@ mod tests {
         for (median, p99) in [(250, 249), (0, 100), (250, LATENCY_MS_MAX + 1)] {
             let err = with(median, p99).validate().unwrap_err().to_string();
             assert!(err.contains("PAYSTREAM_PSP_SIM_LATENCY_P99_MS"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_is_bounded() {
+        for (rate, ok) in [(1, true), (RATE_LIMIT_PER_S_MAX, true), (0, false)] {
+            let cfg = SimConfig {
+                rate_limit_per_s: Some(rate),
+                ..SimConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{rate}");
         }
     }
 

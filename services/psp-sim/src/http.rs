@@ -1,10 +1,11 @@
-//! The HTTP surface: the routes, the front every `/v1` route passes through (latency,
-//! authentication, the request counter), and the answer shapes all handlers share.
+//! The HTTP surface: the routes, the front every `/v1` route passes through (rate limit,
+//! latency, authentication, the request counter), and the answer shapes all handlers share.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::auth::authorized;
 use crate::faults::Fault;
+use crate::limit::{RateLimit, retry_after_s};
 use crate::request::BadRequest;
 use crate::telemetry::{self, Endpoint, Outcome};
 use crate::{Shared, Simulator, lookup, payments, refunds, settlement, stats};
@@ -66,19 +68,34 @@ fn fronted(
     route.route_layer(middleware::from_fn_with_state(front, front_door))
 }
 
-/// Adds the configured latency, refuses unauthenticated requests, and counts the outcome the
-/// handler attached to its response.
+/// Refuses requests over the rate limit at once (before latency, as a PSP's edge would, and
+/// before anything is read or recorded), adds the latency, refuses unauthenticated requests,
+/// and counts the outcome the handler attached to its response.
 async fn front_door(State(front): State<Front>, request: Request, next: Next) -> Response {
     let shared = &front.sim.shared;
-    shared.hold_ms(shared.dice.latency_ms()).await;
-    let response = if authorized(shared.cfg.api_key.as_deref(), request.headers()) {
-        next.run(request).await
-    } else {
-        refuse(
-            StatusCode::UNAUTHORIZED,
-            Outcome::Unauthorized,
-            "missing or wrong Authorization: Bearer token",
-        )
+    // `/v1/sim/*` is the simulator's own window, not the PSP's API: never limited.
+    let refused = shared
+        .rate_limit
+        .as_ref()
+        .filter(|_| front.endpoint != Endpoint::Stats)
+        .and_then(|limit| limit.admit().err().map(|wait| (limit, wait)));
+    let response = match refused {
+        Some((limit, wait)) => {
+            shared.store.count_rate_limited();
+            too_many_requests(limit, wait)
+        }
+        None => {
+            shared.hold_ms(shared.dice.latency_ms()).await;
+            if authorized(shared.cfg.api_key.as_deref(), request.headers()) {
+                next.run(request).await
+            } else {
+                refuse(
+                    StatusCode::UNAUTHORIZED,
+                    Outcome::Unauthorized,
+                    "missing or wrong Authorization: Bearer token",
+                )
+            }
+        }
     };
     let outcome = response.extensions().get::<Outcome>().copied();
     debug_assert!(outcome.is_some(), "every /v1 answer names its outcome");
@@ -109,6 +126,22 @@ pub(crate) fn tagged(outcome: Outcome, mut response: Response) -> Response {
 /// An error answer, `{"error": message}`.
 pub(crate) fn refuse(status: StatusCode, outcome: Outcome, message: &str) -> Response {
     answer(status, outcome, ErrorBody { error: message })
+}
+
+/// A 429 telling the client to come back after `wait`, in whole seconds as `Retry-After` wants.
+fn too_many_requests(limit: &RateLimit, wait: std::time::Duration) -> Response {
+    let mut response = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        Outcome::RateLimited,
+        &format!(
+            "rate limit of {} requests/s exceeded; nothing was processed",
+            limit.rate_per_s
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_s(wait)));
+    response
 }
 
 /// A 400 naming what was wrong with the request.

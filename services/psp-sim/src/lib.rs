@@ -1,9 +1,11 @@
 //! A Stripe-like PSP simulator: idempotent charges and refunds keyed by payment id, its own
-//! SQLite store (records survive restarts), scripted and random faults, and settlement files
-//! with configurable drift for reconciliation tests.
+//! SQLite store (records survive restarts), scripted and random faults, a real PSP's manners
+//! (log-normal latency, a rate limit answered 429), and settlement files with configurable
+//! drift for reconciliation tests.
 //!
-//! Requests flow `http` (latency, auth, metrics) → `payments` / `refunds` (faults, then the
-//! store) → `store` (the only SQL). Reads are `lookup`, `stats` and `settlement` (+ `drift`).
+//! Requests flow `http` (`limit`, `latency`, auth, metrics) → `payments` / `refunds` (faults,
+//! then the store) → `store` (the only SQL). Reads are `lookup`, `stats` and `settlement`
+//! (+ `drift`).
 //!
 //! Invariant: money moves at most once per key and direction — one charge and one refund per
 //! payment id — whatever the faults, the concurrency or the restarts (see `store`).
@@ -16,6 +18,7 @@ mod error;
 mod faults;
 mod http;
 mod latency;
+mod limit;
 mod lookup;
 mod payments;
 mod record;
@@ -40,7 +43,11 @@ pub use error::SimError;
 pub use stats::Stats;
 
 use faults::Dice;
+use limit::RateLimit;
 use store::Store;
+
+/// How often the rate-limited count kept in memory is saved in the store while serving.
+const SAVE_COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An opened simulator: its store, its configuration and its fault dice. Cheap to clone; all
 /// clones share one store.
@@ -57,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     /// One shared generator, so a seeded run draws one reproducible sequence.
     pub(crate) dice: Dice,
+    /// The request-rate limit, when one is configured.
+    pub(crate) rate_limit: Option<RateLimit>,
     /// Flipped to true when serving shuts down, so held requests (latency, timeouts, lost
     /// answers) end at once instead of delaying the graceful shutdown by up to `hang_ms`.
     stopping: watch::Sender<bool>,
@@ -77,11 +86,13 @@ impl Shared {
 }
 
 impl Simulator {
-    /// Validates `cfg`, opens (or creates) the store and registers the metrics.
+    /// Validates `cfg`, opens (or creates) the store and its directory, and registers the
+    /// metrics.
     pub async fn open(cfg: SimConfig) -> Result<Self, SimError> {
         cfg.validate()?;
         let store = Store::open(&cfg.store_path).await?;
         let dice = Dice::new(&cfg);
+        let rate_limit = cfg.rate_limit_per_s.map(RateLimit::per_second);
         telemetry::register();
         tracing::info!(config = ?cfg, "PSP simulator store opened");
         Ok(Self {
@@ -89,6 +100,7 @@ impl Simulator {
                 cfg,
                 store,
                 dice,
+                rate_limit,
                 stopping: watch::Sender::new(false),
             }),
         })
@@ -101,7 +113,7 @@ impl Simulator {
     }
 
     /// Serves the routes on `listener` until `shutdown` completes, then finishes the requests
-    /// in flight (held ones are released at once) and returns.
+    /// in flight (held ones are released at once), saves the rate-limited count and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -113,14 +125,37 @@ impl Simulator {
             shutdown.await;
             shared.stopping.send_replace(true);
         };
-        axum::serve(listener, router)
+        let saver = tokio::spawn(save_counts_until_stopped(Arc::clone(&self.shared)));
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(signal)
-            .await?;
-        Ok(())
+            .await;
+        // Also when serving failed, so the saver ends.
+        self.shared.stopping.send_replace(true);
+        if let Err(e) = saver.await {
+            tracing::error!(error = %e, "the simulator's count saver panicked");
+        }
+        let saved = self.shared.store.save_rate_limited().await;
+        served?;
+        saved
     }
 
     /// Counts over the whole store, as `GET /v1/sim/stats` answers them.
     pub async fn stats(&self) -> Result<Stats, SimError> {
         self.shared.store.stats().await
+    }
+}
+
+/// Saves the rate-limited count every [`SAVE_COUNTS_INTERVAL`] until serving stops; a failed
+/// save keeps the count in memory for the next one.
+async fn save_counts_until_stopped(shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SAVE_COUNTS_INTERVAL) => {}
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+        if let Err(e) = shared.store.save_rate_limited().await {
+            tracing::warn!(error = %e, "saving the rate-limited count failed; kept in memory");
+        }
     }
 }

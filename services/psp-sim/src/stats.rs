@@ -1,5 +1,5 @@
 //! `GET /v1/sim/stats`: counts over the whole store, the external check that no key was ever
-//! charged or refunded twice.
+//! charged or refunded twice, and how many requests the rate limit refused.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,6 +23,10 @@ pub struct Stats {
     pub double_charges: u64,
     /// Keys refunded more than once: must stay 0.
     pub double_refunds: u64,
+    /// Requests answered 429 by the rate limit, over the store's whole life: counted in memory
+    /// and saved in the store every second while serving and at shutdown, so a crash (SIGKILL)
+    /// forgets at most the last second's count.
+    pub rate_limited: u64,
 }
 
 pub(crate) async fn get_stats(State(sim): State<Simulator>) -> Response {

@@ -1,9 +1,11 @@
 //! The simulator's own SQLite store, and the only place that knows SQL.
 //!
-//! Three tables: `payments` holds the stored answer of every key received; `movements` holds
+//! Four tables: `payments` holds the stored answer of every key received; `movements` holds
 //! one row per time money actually moved (a charge or a refund), which is what settlement files
 //! list and what `charge_count`/`refund_count` count; `attempts` counts POSTs of scripted keys
-//! whose first POST must fail, so "first" survives restarts.
+//! whose first POST must fail, so "first" survives restarts; `counters` holds the count of
+//! rate-limited requests, which are counted in memory and folded in (see
+//! [`Store::save_rate_limited`]) so that a 429 never waits for the database.
 //!
 //! Invariant: at most one charge and one refund per payment. Every write is atomic and runs
 //! behind a process-wide writer lock: a charge is one `INSERT … ON CONFLICT DO NOTHING` into
@@ -14,6 +16,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -76,6 +79,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     payment_id TEXT    NOT NULL PRIMARY KEY,
     posts      INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT    NOT NULL PRIMARY KEY,
+    value INTEGER NOT NULL CHECK (value >= 0)
+) WITHOUT ROWID;
+INSERT INTO counters (name, value) VALUES ('rate_limited', 0) ON CONFLICT (name) DO NOTHING;
 ";
 
 /// A payment about to be recorded, with the decisions already taken for it.
@@ -115,6 +123,12 @@ pub(crate) struct Store {
     writer: Arc<Mutex<()>>,
     /// Charges waiting for the group-commit writer (`charge_writer`).
     charges: tokio::sync::mpsc::UnboundedSender<QueuedCharge>,
+    /// Requests answered 429 and not yet added to the `counters` row: a 429 costs an atomic
+    /// increment, never a write.
+    rate_limited_unsaved: AtomicU64,
+    /// Held while unsaved counts move into the table and while stats read both, so a count is
+    /// never seen in both places or in neither.
+    counts: Mutex<()>,
 }
 
 /// A charge queued for the group-commit writer; `reply` says whether it created the payment.
@@ -241,7 +255,39 @@ impl Store {
             db,
             writer,
             charges,
+            rate_limited_unsaved: AtomicU64::new(0),
+            counts: Mutex::new(()),
         })
+    }
+
+    /// Counts one request answered 429, in memory until the next [`Store::save_rate_limited`].
+    pub(crate) fn count_rate_limited(&self) {
+        self.rate_limited_unsaved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the rate-limited requests counted since the last save to the store: one small write,
+    /// run every second while serving and once at shutdown, so a crash forgets at most the last
+    /// second's count. On failure the count stays in memory for the next save.
+    pub(crate) async fn save_rate_limited(&self) -> Result<(), SimError> {
+        let _counts = self.counts.lock().await;
+        let unsaved = self.rate_limited_unsaved.load(Ordering::Relaxed);
+        if unsaved == 0 {
+            return Ok(());
+        }
+        let added = i64::try_from(unsaved)
+            .map_err(|_| SimError::Corrupt(format!("{unsaved} unsaved 429s")))?;
+        {
+            let _writer = self.writer.lock().await;
+            self.db
+                .execute_raw(statement(
+                    "UPDATE counters SET value = value + ? WHERE name = 'rate_limited'",
+                    [added.into()],
+                ))
+                .await?;
+        }
+        self.rate_limited_unsaved
+            .fetch_sub(unsaved, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Counts one more POST of a scripted key and returns the count, 1 for the first ever.
@@ -411,8 +457,10 @@ impl Store {
         }))
     }
 
-    /// Counts over the whole store; scans, so meant for checks, not for the hot path.
+    /// Counts over the whole store (and the 429s not saved yet); scans, so meant for checks,
+    /// not for the hot path.
     pub(crate) async fn stats(&self) -> Result<Stats, SimError> {
+        let counts = self.counts.lock().await;
         let row = self
             .db
             .query_one_raw(statement(
@@ -422,12 +470,16 @@ impl Store {
                         (SELECT COUNT(*) FROM (SELECT 1 FROM movements WHERE kind = 'charge'
                                                GROUP BY payment_id HAVING COUNT(*) > 1)),
                         (SELECT COUNT(*) FROM (SELECT 1 FROM movements WHERE kind = 'refund'
-                                               GROUP BY payment_id HAVING COUNT(*) > 1))",
+                                               GROUP BY payment_id HAVING COUNT(*) > 1)),
+                        (SELECT value FROM counters WHERE name = 'rate_limited')",
                 [],
             ))
             .await?
             .ok_or_else(|| SimError::Corrupt("stats query returned no row".into()))?;
-        let (payments, charges, refunds, double_charges, double_refunds): (
+        let unsaved = self.rate_limited_unsaved.load(Ordering::Relaxed);
+        drop(counts);
+        let (payments, charges, refunds, double_charges, double_refunds, rate_limited): (
+            i64,
             i64,
             i64,
             i64,
@@ -440,6 +492,7 @@ impl Store {
             refunds: count(refunds)?,
             double_charges: count(double_charges)?,
             double_refunds: count(double_refunds)?,
+            rate_limited: count(rate_limited)?.saturating_add(unsaved),
         })
     }
 

@@ -47,10 +47,11 @@ pub(crate) enum Outcome {
     Unauthorized,
     Conflict,
     NotFound,
+    RateLimited,
 }
 
 impl Outcome {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Succeeded,
         Self::Declined,
         Self::Error,
@@ -60,6 +61,7 @@ impl Outcome {
         Self::Unauthorized,
         Self::Conflict,
         Self::NotFound,
+        Self::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Outcome {
             Self::Unauthorized => "unauthorized",
             Self::Conflict => "conflict",
             Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

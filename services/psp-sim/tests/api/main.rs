@@ -7,6 +7,7 @@ mod faults;
 mod helpers;
 mod latency;
 mod payments;
+mod rate_limit;
 mod refunds;
 mod restart;
 mod scripted;

@@ -10,7 +10,10 @@ async fn stats_count_keys_charges_and_refunds() {
     let sim = spawn().await;
     assert_eq!(
         sim.stats().await,
-        json!({"payments": 0, "charges": 0, "refunds": 0, "double_charges": 0, "double_refunds": 0})
+        json!({
+            "payments": 0, "charges": 0, "refunds": 0, "double_charges": 0, "double_refunds": 0,
+            "rate_limited": 0
+        })
     );
     sim.pay("pay-1", 10).await;
     sim.pay("pay-1", 10).await;
@@ -26,7 +29,8 @@ async fn stats_count_keys_charges_and_refunds() {
     assert_eq!(sim.post_refund("pay-2", 20).await.status(), StatusCode::OK);
 
     let expected = json!({
-        "payments": 3, "charges": 2, "refunds": 1, "double_charges": 0, "double_refunds": 0
+        "payments": 3, "charges": 2, "refunds": 1, "double_charges": 0, "double_refunds": 0,
+        "rate_limited": 0
     });
     assert_eq!(sim.stats().await, expected);
     let direct = sim.sim.stats().await.unwrap();
