@@ -1,6 +1,7 @@
-//! What the simulator is told to do: where its store lives, which faults it injects and how its
-//! settlement files drift. Plain data: the binary maps `PAYSTREAM_PSP_SIM_*` variables and flags
-//! into it, and [`SimConfig::validate`] checks every bound once, when the simulator opens.
+//! What the simulator is told to do: where its store lives, which faults it injects, how slow
+//! and how strict it is (latency, rate limit), whether it speaks HTTPS, and how its settlement
+//! files drift. Plain data: the binary maps `PAYSTREAM_PSP_SIM_*` variables and flags into it,
+//! and [`SimConfig::validate`] checks every bound once, when the simulator opens.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ pub struct SimConfig {
     /// When set, most `/v1` requests per second (every route but `/v1/sim/*`), with a burst of
     /// one second's worth; the excess is answered 429 with `Retry-After` and processes nothing.
     pub rate_limit_per_s: Option<u32>,
+    /// PEM certificate chain; with `tls_key`, the simulator serves HTTPS instead of HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; one of the two without the other is refused.
+    pub tls_key: Option<PathBuf>,
     /// Share of requests (0.0–1.0) answered 500 without doing anything.
     pub error_rate: f64,
     /// Share of requests not processed and not answered: held for `hang_ms`, then 504.
@@ -73,6 +78,8 @@ impl Default for SimConfig {
             latency_ms: 0,
             latency_p99_ms: None,
             rate_limit_per_s: None,
+            tls_cert: None,
+            tls_key: None,
             error_rate: 0.0,
             timeout_rate: 0.0,
             lost_response_rate: 0.0,
@@ -93,6 +100,8 @@ impl fmt::Debug for SimConfig {
             .field("latency_ms", &self.latency_ms)
             .field("latency_p99_ms", &self.latency_p99_ms)
             .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
             .field("lost_response_rate", &self.lost_response_rate)
@@ -153,6 +162,23 @@ impl SimConfig {
                 "rate_limit_per_s (PAYSTREAM_PSP_SIM_RATE_LIMIT) must be between 1 and \
                  {RATE_LIMIT_PER_S_MAX}, got {rate}"
             )));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), None) => {
+                return Err(SimError::Config(format!(
+                    "PAYSTREAM_PSP_SIM_TLS_CERT is set ({}) but PAYSTREAM_PSP_SIM_TLS_KEY is not: \
+                     HTTPS needs both",
+                    cert.display()
+                )));
+            }
+            (None, Some(key)) => {
+                return Err(SimError::Config(format!(
+                    "PAYSTREAM_PSP_SIM_TLS_KEY is set ({}) but PAYSTREAM_PSP_SIM_TLS_CERT is not: \
+                     HTTPS needs both",
+                    key.display()
+                )));
+            }
+            _ => {}
         }
         if self.hang_ms > HANG_MS_MAX {
             return Err(SimError::Config(format!(
@@ -237,6 +263,24 @@ mod tests {
             };
             assert_eq!(cfg.validate().is_ok(), ok, "{rate}");
         }
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let cert_only = SimConfig {
+            tls_cert: Some("/etc/sim/cert.pem".into()),
+            ..SimConfig::default()
+        };
+        let err = cert_only.validate().unwrap_err().to_string();
+        assert!(err.contains("PAYSTREAM_PSP_SIM_TLS_KEY"), "{err}");
+        assert!(err.contains("/etc/sim/cert.pem"), "{err}");
+        let key_only = SimConfig {
+            tls_key: Some("/etc/sim/key.pem".into()),
+            ..SimConfig::default()
+        };
+        let err = key_only.validate().unwrap_err().to_string();
+        assert!(err.contains("PAYSTREAM_PSP_SIM_TLS_CERT"), "{err}");
+        assert!(err.contains("/etc/sim/key.pem"), "{err}");
     }
 
     #[test]

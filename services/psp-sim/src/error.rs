@@ -7,8 +7,8 @@ pub enum SimError {
     /// A configuration value is out of its documented range.
     #[error("invalid simulator configuration: {0}")]
     Config(String),
-    /// A file or directory the configuration names (the store or its directory) could not be
-    /// used; `what` is its role, so the message says which.
+    /// A file or directory the configuration names (the store, its directory, a TLS file)
+    /// could not be used; `what` is the setting or the role, so the message says which.
     #[error("{what} {}: {reason}", path.display())]
     File {
         what: &'static str,

@@ -1,11 +1,11 @@
 //! A Stripe-like PSP simulator: idempotent charges and refunds keyed by payment id, its own
 //! SQLite store (records survive restarts), scripted and random faults, a real PSP's manners
-//! (log-normal latency, a rate limit answered 429), and settlement files with configurable
-//! drift for reconciliation tests.
+//! (log-normal latency, a rate limit answered 429, HTTPS), and settlement files with
+//! configurable drift for reconciliation tests.
 //!
-//! Requests flow `http` (`limit`, `latency`, auth, metrics) → `payments` / `refunds` (faults,
-//! then the store) → `store` (the only SQL). Reads are `lookup`, `stats` and `settlement`
-//! (+ `drift`).
+//! Requests flow (`tls`) → `http` (`limit`, `latency`, auth, metrics) → `payments` / `refunds`
+//! (faults, then the store) → `store` (the only SQL). Reads are `lookup`, `stats` and
+//! `settlement` (+ `drift`).
 //!
 //! Invariant: money moves at most once per key and direction — one charge and one refund per
 //! payment id — whatever the faults, the concurrency or the restarts (see `store`).
@@ -29,8 +29,10 @@ mod settlement;
 mod stats;
 mod store;
 mod telemetry;
+mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +47,7 @@ pub use stats::Stats;
 use faults::Dice;
 use limit::RateLimit;
 use store::Store;
+use tokio_rustls::TlsAcceptor;
 
 /// How often the rate-limited count kept in memory is saved in the store while serving.
 const SAVE_COUNTS_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) dice: Dice,
     /// The request-rate limit, when one is configured.
     pub(crate) rate_limit: Option<RateLimit>,
+    /// Set when a certificate and key are configured: the simulator then serves HTTPS.
+    tls: Option<TlsAcceptor>,
     /// Flipped to true when serving shuts down, so held requests (latency, timeouts, lost
     /// answers) end at once instead of delaying the graceful shutdown by up to `hang_ms`.
     stopping: watch::Sender<bool>,
@@ -86,10 +91,14 @@ impl Shared {
 }
 
 impl Simulator {
-    /// Validates `cfg`, opens (or creates) the store and its directory, and registers the
-    /// metrics.
+    /// Validates `cfg`, loads the TLS certificate and key if configured, opens (or creates) the
+    /// store and its directory, and registers the metrics.
     pub async fn open(cfg: SimConfig) -> Result<Self, SimError> {
         cfg.validate()?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).await?),
+            _ => None,
+        };
         let store = Store::open(&cfg.store_path).await?;
         let dice = Dice::new(&cfg);
         let rate_limit = cfg.rate_limit_per_s.map(RateLimit::per_second);
@@ -101,9 +110,22 @@ impl Simulator {
                 store,
                 dice,
                 rate_limit,
+                tls,
                 stopping: watch::Sender::new(false),
             }),
         })
+    }
+
+    /// Whether [`Simulator::serve`] speaks HTTPS (a certificate and key are configured).
+    pub fn serves_https(&self) -> bool {
+        self.shared.tls.is_some()
+    }
+
+    /// The base URL a client calls the simulator at when it listens on `addr`: `https://` when
+    /// it serves HTTPS (the certificate must then name that address), else `http://`.
+    pub fn base_url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.serves_https() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     /// Every route: `/v1/payments`, `/v1/payments/{key}`, `/v1/refunds`,
@@ -112,8 +134,9 @@ impl Simulator {
         http::router(self)
     }
 
-    /// Serves the routes on `listener` until `shutdown` completes, then finishes the requests
-    /// in flight (held ones are released at once), saves the rate-limited count and returns.
+    /// Serves the routes on `listener` (over TLS when configured) until `shutdown` completes,
+    /// then finishes the requests in flight (held ones are released at once), saves the
+    /// rate-limited count and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -126,9 +149,18 @@ impl Simulator {
             shared.stopping.send_replace(true);
         };
         let saver = tokio::spawn(save_counts_until_stopped(Arc::clone(&self.shared)));
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(signal)
-            .await;
+        let served = match self.shared.tls.clone() {
+            Some(acceptor) => {
+                axum::serve(tls::TlsListener::new(listener, acceptor), router)
+                    .with_graceful_shutdown(signal)
+                    .await
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal)
+                    .await
+            }
+        };
         // Also when serving failed, so the saver ends.
         self.shared.stopping.send_replace(true);
         if let Err(e) = saver.await {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use paystream_psp_sim::{SimConfig, SimError, Simulator};
-use reqwest::{Client, ClientBuilder, Response, StatusCode};
+use reqwest::{Certificate, Client, ClientBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -57,7 +57,7 @@ pub async fn start(cfg: SimConfig, dir: TempDir) -> TestSim {
         let _ = stop.await;
     }));
     TestSim {
-        base: format!("http://{addr}"),
+        base: sim.base_url(addr),
         client: client_builder().build().expect("client"),
         sim,
         dir,
@@ -71,6 +71,15 @@ pub async fn start(cfg: SimConfig, dir: TempDir) -> TestSim {
 pub fn client_builder() -> ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder().timeout(Duration::from_secs(10))
+}
+
+/// A client that trusts only the CA whose certificate is `ca_pem`.
+pub fn client_trusting(ca_pem: &str) -> Client {
+    let ca = Certificate::from_pem(ca_pem.as_bytes()).expect("CA certificate PEM");
+    client_builder()
+        .tls_certs_only([ca])
+        .build()
+        .expect("client")
 }
 
 /// A charge body for `amount` USD minor units to merchant `m-1`.

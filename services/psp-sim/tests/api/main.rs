@@ -1,5 +1,5 @@
 //! End-to-end tests of the PSP simulator: the real server on a bound port, a fresh store in a
-//! temporary directory per test, and a plain HTTP client.
+//! temporary directory per test, and a real HTTP (or HTTPS) client.
 
 mod auth;
 mod data_dir;
@@ -13,3 +13,4 @@ mod restart;
 mod scripted;
 mod settlement;
 mod stats;
+mod tls;
