@@ -223,6 +223,20 @@ pub struct Config {
         global = true
     )]
     pub psp_sim_latency_ms: u64,
+    /// With `PAYSTREAM_PSP_SIM_LATENCY_MS` as the median, makes the simulator's latency
+    /// log-normal with this 99th percentile (at least the median). Unset: a fixed latency.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_LATENCY_P99_MS", global = true)]
+    pub psp_sim_latency_p99_ms: Option<u64>,
+    /// Most requests/s the simulator answers (every `/v1` route but `/v1/sim/*`); the excess is
+    /// answered 429 with `Retry-After`. Unset: no limit.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub psp_sim_rate_limit: Option<u32>,
+    /// PEM certificate chain the simulator serves HTTPS with (needs `PAYSTREAM_PSP_SIM_TLS_KEY`).
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_TLS_CERT", global = true)]
+    pub psp_sim_tls_cert: Option<PathBuf>,
+    /// PEM private key of `PAYSTREAM_PSP_SIM_TLS_CERT`.
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_TLS_KEY", global = true)]
+    pub psp_sim_tls_key: Option<PathBuf>,
     #[arg(long, env = "PAYSTREAM_PSP_SIM_ERROR_RATE", default_value = "0", value_parser = parse_rate, global = true)]
     pub psp_sim_error_rate: f64,
     #[arg(long, env = "PAYSTREAM_PSP_SIM_TIMEOUT_RATE", default_value = "0", value_parser = parse_rate, global = true)]

@@ -131,6 +131,10 @@ pub fn sim_config(cfg: &Config) -> SimConfig {
     SimConfig {
         store_path: cfg.data_dir.join("psp-sim.sqlite"),
         latency_ms: cfg.psp_sim_latency_ms,
+        latency_p99_ms: cfg.psp_sim_latency_p99_ms,
+        rate_limit_per_s: cfg.psp_sim_rate_limit,
+        tls_cert: cfg.psp_sim_tls_cert.clone(),
+        tls_key: cfg.psp_sim_tls_key.clone(),
         error_rate: cfg.psp_sim_error_rate,
         timeout_rate: cfg.psp_sim_timeout_rate,
         lost_response_rate: cfg.psp_sim_lost_response_rate,
@@ -153,18 +157,27 @@ async fn start_sim(cfg: &Config) -> anyhow::Result<(String, SimTask)> {
     let (stop, shutdown) = shutdown::channel();
     let sim = Simulator::open(sim_config(cfg))
         .await
-        .context("opening the PSP simulator's store")?;
+        .context("opening the PSP simulator")?;
     let listener = tokio::net::TcpListener::bind(cfg.psp_sim_addr)
         .await
         .with_context(|| format!("binding the PSP simulator to {}", cfg.psp_sim_addr))?;
     let addr = listener.local_addr()?;
+    let url = sim.base_url(addr);
+    let tls = sim.serves_https();
     let task = tokio::spawn(async move {
         if let Err(e) = sim.serve(listener, shutdown.into_future()).await {
             tracing::error!(error = %e, "PSP simulator stopped");
         }
     });
-    tracing::info!(%addr, "PSP simulator listening");
-    Ok((format!("http://{addr}"), SimTask { stop, task }))
+    tracing::info!(
+        %url,
+        tls,
+        rate_limit_per_s = ?cfg.psp_sim_rate_limit,
+        latency_ms = cfg.psp_sim_latency_ms,
+        latency_p99_ms = ?cfg.psp_sim_latency_p99_ms,
+        "PSP simulator listening"
+    );
+    Ok((url, SimTask { stop, task }))
 }
 
 /// Connects to the database, retrying until it answers or shutdown; then migrates.

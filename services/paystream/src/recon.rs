@@ -11,7 +11,8 @@ use sea_orm::DatabaseConnection;
 pub const AUDIT_ACTION: &str = "recon.run";
 
 /// A reconciler for this configuration; `psp_url` is the PSP in force (the simulator that `up`
-/// started, `PAYSTREAM_PSP_URL`, or else the simulator's default address).
+/// started, `PAYSTREAM_PSP_URL`, or else the simulator's address, `https://` when it is given a
+/// certificate).
 pub fn reconciler(cfg: &Config, db: DatabaseConnection, psp_url: Option<String>) -> Reconciler {
     Reconciler {
         db,
@@ -19,9 +20,14 @@ pub fn reconciler(cfg: &Config, db: DatabaseConnection, psp_url: Option<String>)
             .connect_timeout(cfg.psp_connect_timeout)
             .build()
             .unwrap_or_default(),
-        psp_url: psp_url
-            .or_else(|| cfg.psp_url.clone())
-            .or_else(|| Some(format!("http://{}", cfg.psp_sim_addr))),
+        psp_url: psp_url.or_else(|| cfg.psp_url.clone()).or_else(|| {
+            let scheme = if cfg.psp_sim_tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            Some(format!("{scheme}://{}", cfg.psp_sim_addr))
+        }),
         psp_api_key: cfg.psp_api_key.as_ref().map(|s| s.0.clone()),
         data_dir: cfg.data_dir.clone(),
         drop_dir: cfg.recon_drop_dir.clone(),
