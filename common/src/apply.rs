@@ -13,7 +13,7 @@ use sea_orm::DbErr;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::consume::{self, Handler, LoopConfig, Verdict};
+use crate::consume::{self, Handler, LoopConfig, Reply, Verdict};
 use crate::events::PaymentEvent;
 use crate::shutdown::Shutdown;
 use crate::streams::TopologyError;
@@ -232,7 +232,7 @@ impl<A: ApplyEvents> EventHandler<A> {
 }
 
 impl<A: ApplyEvents> Handler for EventHandler<A> {
-    async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
+    async fn handle(&self, batch: &[Message]) -> Vec<Reply> {
         let (events, mut verdicts) = decode_events(batch);
         let all: Vec<&(usize, PaymentEvent)> = events.iter().collect();
         let refs: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).collect();
@@ -265,7 +265,7 @@ impl<A: ApplyEvents> Handler for EventHandler<A> {
         }
         verdicts
             .into_iter()
-            .map(|v| v.expect("every event has a verdict"))
+            .map(|v| v.expect("every event has a verdict").into())
             .collect()
     }
 }

@@ -1,7 +1,9 @@
 //! The consumer loop every service runs: pull from a durable consumer in bounded batches (as many
-//! as are ready, up to `batch_max`), hand the batch to the service's handler, then settle each
-//! message with the handler's verdict. While a batch is in hand, progress acks keep the server
-//! from redelivering it. Shutdown stops pulling and finishes the batch in hand.
+//! as are ready, up to `batch_max` and up to what the handler says it can take), hand the batch to
+//! the service's handler, then settle each message with the handler's verdict — at once, or, for a
+//! pipelined handler, whenever that message's own verdict arrives, while the loop goes on with the
+//! next batch. Until a message is settled, progress acks keep the server from redelivering it.
+//! Shutdown stops pulling and finishes what is in hand.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,9 +34,31 @@ pub enum Verdict {
     Term { label: &'static str, reason: String },
 }
 
-/// A service's batch handler. It returns one verdict per message, in order.
+/// A message's verdict now, or later: a pipelined handler answers each message when its own work
+/// is done (a PSP call), never after a slower one of the same batch. Until then the message stays
+/// held (progress acks); a sender dropped without a verdict gives the message back for redelivery.
+#[derive(Debug)]
+pub enum Reply {
+    Now(Verdict),
+    Later(tokio::sync::oneshot::Receiver<Verdict>),
+}
+
+impl From<Verdict> for Reply {
+    fn from(v: Verdict) -> Self {
+        Reply::Now(v)
+    }
+}
+
+/// A service's batch handler. It returns one reply per message, in order.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, batch: &[Message]) -> impl Future<Output = Vec<Verdict>> + Send;
+    fn handle(&self, batch: &[Message]) -> impl Future<Output = Vec<Reply>> + Send;
+
+    /// Waits until the handler can take messages and says how many: the loop hands it no more
+    /// (nor more than `batch_max`). A pipelined handler bounds its work in flight with it, so
+    /// that what it cannot start yet stays in the stream rather than in memory. Default: a batch.
+    fn capacity(&self) -> impl Future<Output = usize> + Send {
+        std::future::ready(usize::MAX)
+    }
 }
 
 /// Settings of one consumer loop.
@@ -158,14 +182,21 @@ pub async fn run<H: Handler>(
         )),
     };
     let mut stop = shutdown.clone();
+    // Messages whose verdict comes later, each settled by its own task.
+    let mut later = tokio::task::JoinSet::new();
     loop {
+        let room = tokio::select! {
+            n = handler.capacity() => n,
+            () = stop.wait() => break,
+        };
         let first = tokio::select! {
             m = rx.recv() => m,
             () = stop.wait() => None,
         };
         let Some(first) = first else { break };
-        let batch = fill(first, &mut rx, cfg.batch_max);
-        handle_batch(&cfg, &handler, &batch, &held).await;
+        let batch = fill(first, &mut rx, cfg.batch_max.min(room.max(1)));
+        handle_batch(&cfg, &handler, &batch, &held, &mut later).await;
+        while later.try_join_next().is_some() {}
     }
     // Stop pulling, then settle what was already received, so the next owner of a partition
     // starts after everything this instance took (bounded: a stuck database must not hold
@@ -174,9 +205,11 @@ pub async fn run<H: Handler>(
     let released = control.await.unwrap_or_default();
     let drain = async {
         while let Ok(first) = rx.try_recv() {
-            let batch = fill(first, &mut rx, cfg.batch_max);
-            handle_batch(&cfg, &handler, &batch, &held).await;
+            let room = handler.capacity().await;
+            let batch = fill(first, &mut rx, cfg.batch_max.min(room.max(1)));
+            handle_batch(&cfg, &handler, &batch, &held, &mut later).await;
         }
+        while later.join_next().await.is_some() {}
     };
     if tokio::time::timeout(DRAIN_MAX, drain).await.is_err() {
         tracing::warn!(
@@ -288,7 +321,7 @@ impl Readers {
                         None => {
                             // Received but never handed over: give it back now (no progress acks
                             // for it any more), so the partition's next owner gets it first.
-                            r.held.remove(std::slice::from_ref(&m)).await;
+                            r.held.remove([&m]).await;
                             let _ = m.ack_with(AckKind::Nak(None)).await;
                             return;
                         }
@@ -490,7 +523,7 @@ impl Held {
     }
 
     /// Stops the heartbeat for these messages; called before they are settled.
-    async fn remove(&self, batch: &[Message]) {
+    async fn remove<'m>(&self, batch: impl IntoIterator<Item = &'m Message>) {
         let _round = self.round.lock().await;
         let mut held = self.map.lock().expect("held lock");
         for m in batch {
@@ -526,27 +559,69 @@ impl Held {
     }
 }
 
-async fn handle_batch<H: Handler>(cfg: &LoopConfig, handler: &H, batch: &[Message], held: &Held) {
+async fn handle_batch<H: Handler>(
+    cfg: &LoopConfig,
+    handler: &H,
+    batch: &[Message],
+    held: &Held,
+    later: &mut tokio::task::JoinSet<()>,
+) {
     let started = Instant::now();
     histogram!(names::CONSUMER_BATCH_SIZE, "consumer" => cfg.name).record(batch.len() as f64);
-    let verdicts = handler.handle(batch).await;
-    held.remove(batch).await;
+    let replies = handler.handle(batch).await;
     assert_eq!(
-        verdicts.len(),
+        replies.len(),
         batch.len(),
-        "a handler returns one verdict per message"
+        "a handler returns one reply per message"
     );
+    let mut now = Vec::with_capacity(batch.len());
+    for (msg, reply) in batch.iter().zip(replies) {
+        match reply {
+            Reply::Now(v) => now.push((msg, v)),
+            Reply::Later(verdict) => {
+                later.spawn(settle_later(
+                    cfg.clone(),
+                    msg.clone(),
+                    verdict,
+                    held.clone(),
+                ));
+            }
+        }
+    }
+    held.remove(now.iter().map(|(m, _)| *m)).await;
     histogram!(names::CONSUMER_BATCH_DURATION, "consumer" => cfg.name)
         .record(started.elapsed().as_secs_f64());
     let mut failed = Vec::new();
-    for (msg, verdict) in batch.iter().zip(verdicts) {
+    for (msg, verdict) in now {
         failed.extend(settle(cfg, msg, verdict).await);
     }
+    record_failures(cfg, &failed).await;
+}
+
+/// Settles one message whose verdict comes later, once it comes (or gives it back for
+/// redelivery if the handler dropped it, e.g. on shutdown).
+async fn settle_later(
+    cfg: LoopConfig,
+    msg: Message,
+    verdict: tokio::sync::oneshot::Receiver<Verdict>,
+    held: Held,
+) {
+    let verdict = verdict.await.unwrap_or_else(|_| Verdict::Retry {
+        label: "abandoned",
+        error: "the handler stopped before deciding (shutdown)".into(),
+    });
+    held.remove([&msg]).await;
+    let failed = settle(&cfg, &msg, verdict).await;
+    record_failures(&cfg, failed.as_slice()).await;
+}
+
+/// Records NAKed deliveries as their messages' last errors.
+async fn record_failures(cfg: &LoopConfig, failed: &[Failed]) {
     // Recorded after every NAK went out, and bounded: a slow or unreachable database must not hold
     // the loop (the messages are already on their way back).
     if let (Some(db), false) = (&cfg.failures, failed.is_empty()) {
         let record = async {
-            for f in &failed {
+            for f in failed {
                 crate::failures::record(
                     db,
                     cfg.name,

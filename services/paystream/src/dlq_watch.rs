@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Message};
 use metrics::{counter, gauge};
 use paystream_common::config::Config;
-use paystream_common::consume::{self, Handler, LoopConfig, Verdict};
+use paystream_common::consume::{self, Handler, LoopConfig, Reply, Verdict};
 use paystream_common::shutdown::Shutdown;
 use paystream_common::streams::{self, DEAD_LETTERS, TopologyError};
 use paystream_common::telemetry::{Readiness, names};
@@ -19,7 +19,7 @@ pub const CONSUMER: &str = "dlq";
 struct Watch;
 
 impl Handler for Watch {
-    async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
+    async fn handle(&self, batch: &[Message]) -> Vec<Reply> {
         for m in batch {
             match serde_json::from_slice::<crate::dlq::Advisory>(&m.payload) {
                 Ok(a) => {
@@ -38,7 +38,7 @@ impl Handler for Watch {
                 Err(e) => tracing::warn!(error = %e, "unreadable advisory in DEAD_LETTERS"),
             }
         }
-        vec![Verdict::Ack; batch.len()]
+        batch.iter().map(|_| Verdict::Ack.into()).collect()
     }
 }
 
