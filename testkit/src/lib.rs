@@ -39,6 +39,7 @@ pub struct TestNats {
 impl TestNats {
     /// `sync_always`: fsync every write, for tests that SIGKILL the server.
     pub async fn start(sync_always: bool) -> Self {
+        paystream_common::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let server = NatsServer::start(ServerOptions {
             bin: nats_server_bin(),
@@ -58,6 +59,7 @@ impl TestNats {
 
     /// With nats/accounts.conf: paystream's four users (random passwords), no anonymous access.
     pub async fn start_secure() -> Self {
+        paystream_common::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let passwords: BTreeMap<String, Secret> = paystream_common::nats::USERS
             .iter()
@@ -86,6 +88,7 @@ impl TestNats {
 
     /// With extra configuration (e.g. a `tls {}` block); no users.
     pub async fn start_with_conf(extra_conf: String) -> Self {
+        paystream_common::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let server = NatsServer::start(ServerOptions {
             bin: nats_server_bin(),
@@ -178,6 +181,7 @@ impl TestDb {
     }
 
     pub async fn new(backend: Backend) -> Option<Self> {
+        paystream_common::tls::install_crypto_provider();
         match backend {
             Backend::Sqlite => Some(Self::sqlite().await),
             Backend::Postgres => Self::postgres().await,
@@ -228,6 +232,7 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(size: usize) -> Self {
+        paystream_common::tls::install_crypto_provider();
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut nodes = Vec::with_capacity(size);
         let mut dirs = Vec::with_capacity(size);

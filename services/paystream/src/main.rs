@@ -16,6 +16,7 @@ use paystream_common::money::{Amount, Currency};
 use paystream_common::{db, nats, telemetry};
 
 fn main() -> ExitCode {
+    paystream_common::tls::install_crypto_provider();
     let cli = Cli::parse();
     let long_running = matches!(
         cli.command,
@@ -196,10 +197,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             fsync,
             backlog,
+            psp_latency_ms,
+            psp_latency_p99_ms,
+            psp_timeout_rate,
             json,
         } => {
             let opts = paystream::bench::BenchOptions {
                 backlog,
+                psp: paystream::bench::PspOptions {
+                    latency_ms: psp_latency_ms,
+                    latency_p99_ms: psp_latency_p99_ms,
+                    timeout_rate: psp_timeout_rate.unwrap_or(0.0),
+                },
                 payments,
                 rate,
                 postgres: db == paystream::cli::BenchDb::Postgres,
