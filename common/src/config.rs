@@ -61,7 +61,8 @@ impl fmt::Debug for Backoff {
     }
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
+/// Parses a share of requests, 0.0–1.0.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if (0.0..=1.0).contains(&r) {
         Ok(r)
@@ -204,9 +205,17 @@ pub struct Config {
     /// Connection set-up bound for PSP calls.
     #[arg(long, env = "PAYSTREAM_PSP_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
     pub psp_connect_timeout: Duration,
-    /// PSP calls in flight at once per payment service instance.
-    #[arg(long, env = "PAYSTREAM_PSP_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    /// PSP calls in flight at once per payment service instance (charges, refunds and the
+    /// sweeper's lookups together). Throughput is bounded by this ÷ the PSP's latency.
+    #[arg(long, env = "PAYSTREAM_PSP_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096), global = true)]
     pub psp_concurrency: u16,
+    /// Most PSP requests per second per instance (the PSP's published limit). Unset: the adaptive
+    /// limiter only slows down when the PSP answers 429.
+    #[arg(long, env = "PAYSTREAM_PSP_RATE_LIMIT", value_parser = parse_requests_per_s, global = true)]
+    pub psp_rate_limit: Option<f64>,
+    /// PEM file of a CA trusted for the PSP's certificate, beside the system's roots.
+    #[arg(long, env = "PAYSTREAM_PSP_CA", global = true)]
+    pub psp_ca: Option<PathBuf>,
 
     /// Where `up` and `psp-sim` bind the simulator.
     #[arg(
@@ -384,6 +393,16 @@ pub fn parse_time_of_day(s: &str) -> Result<jiff::civil::Time, String> {
         Ok(t) if shaped => Ok(t),
         _ => Err(format!(
             "{s:?}: expected a time of day such as 00:00 or 23:59:30"
+        )),
+    }
+}
+
+/// Parses a positive number of requests per second.
+pub fn parse_requests_per_s(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?}: expected requests per second, a number in (0, 1000000]"
         )),
     }
 }

@@ -136,8 +136,10 @@ pub const PSP_OUTCOMES: [&str; 6] = [
     "rate_limited",
 ];
 /// Reasons a message is retried (`Verdict::Retry` labels).
-pub const RETRY_REASONS: [&str; 6] = [
+pub const RETRY_REASONS: [&str; 8] = [
     "database",
+    "abandoned",
+    "psp_rate_limited",
     "psp_config",
     "psp_unknown",
     "payment_in_flight",

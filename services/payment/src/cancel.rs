@@ -1,169 +1,232 @@
 //! Cancellations: a SUCCESS payment is refunded at the PSP (same idempotency key, so never twice)
-//! and becomes CANCELLED with a `cancelled` event. A payment still in flight, or not received yet,
-//! makes the cancellation wait (NAK with delay); a payment that failed cannot be cancelled.
+//! and becomes CANCELLED with a `cancelled` event. Each refund runs on its own task like a charge.
+//! A cancellation of a payment whose charge is under way in this instance waits for that charge to
+//! land, then is decided; one of a payment elsewhere in flight, or not received yet, waits (NAK
+//! with delay); a payment that failed cannot be cancelled.
 
-use futures::StreamExt;
-use paystream_common::consume::Verdict;
+use std::sync::Arc;
+
+use paystream_common::consume::{Reply, Verdict};
 use paystream_common::events::EventKind;
 use paystream_common::ingress::CancelRequest;
 use paystream_common::money::Amount;
 use paystream_common::state::{PaymentState, Trigger};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
-use crate::intake::Intake;
+use crate::entity::payment;
+use crate::pipeline::{Join, Pipeline, Work};
 use crate::psp::{Psp, PspOutcome};
 use crate::store::{self, Change, Recorded};
 
+/// A cancellation as it came off the stream.
+pub(crate) struct Cancel {
+    pub req: CancelRequest,
+    pub seq: u64,
+    pub published_ms: i64,
+}
+
 pub(crate) async fn cancel<P: Psp>(
-    ctx: &Intake<P>,
-    cancels: Vec<(usize, CancelRequest, u64, i64)>,
-    verdicts: &mut [Option<Verdict>],
+    pipe: &Arc<Pipeline<P>>,
+    cancels: Vec<(usize, Cancel)>,
+    replies: &mut [Option<Reply>],
 ) {
-    let ids: Vec<_> = cancels.iter().map(|(_, c, _, _)| c.payment_id).collect();
-    let rows = match store::load(&ctx.db, &ids).await {
+    let mut now = Vec::new();
+    for (i, c) in cancels {
+        match pipe.flights.join(c.req.payment_id, None) {
+            // Its charge (or another refund of it) is under way here: decide once it lands.
+            Join::Joined(landed) => {
+                let (tx, rx) = oneshot::channel();
+                replies[i] = Some(Reply::Later(rx));
+                let pipe = pipe.clone();
+                tokio::spawn(async move {
+                    let _ = landed.await;
+                    let verdict = decide_one(&pipe, c).await;
+                    let _ = tx.send(verdict);
+                });
+            }
+            Join::None | Join::Different => now.push((i, c)),
+        }
+    }
+    if now.is_empty() {
+        return;
+    }
+    let ids: Vec<_> = now.iter().map(|(_, c)| c.req.payment_id).collect();
+    let rows = match store::load(&pipe.db, &ids).await {
         Ok(r) => r,
         Err(e) => {
-            for (i, _, _, _) in &cancels {
-                verdicts[*i] = Some(Verdict::Retry {
-                    label: "database",
-                    error: e.to_string(),
-                });
+            for (i, _) in &now {
+                replies[*i] = Some(
+                    Verdict::Retry {
+                        label: "database",
+                        error: e.to_string(),
+                    }
+                    .into(),
+                );
             }
             return;
         }
     };
-    let mut refunds = Vec::new();
-    for (i, c, seq, published_ms) in cancels {
-        let Some(row) = rows.get(&c.payment_id.to_string()) else {
-            verdicts[i] = Some(Verdict::Retry {
-                label: "cancel_before_payment",
-                error: format!("payment {} not received yet", c.payment_id),
-            });
-            continue;
-        };
-        if row.buyer_id != c.buyer_id.as_str() {
-            verdicts[i] = Some(Verdict::Term {
-                label: "buyer_id",
-                reason: format!(
-                    "buyer_id: payment {} belongs to another buyer",
-                    c.payment_id
-                ),
-            });
-            continue;
-        }
-        match store::state_of(row) {
-            Ok(PaymentState::Success) => match Amount::new(row.amount) {
-                Ok(amount) => refunds.push((i, c, seq, published_ms, amount)),
-                Err(e) => {
-                    verdicts[i] = Some(Verdict::Term {
-                        label: "amount",
-                        reason: format!("amount: {e}"),
-                    })
-                }
-            },
-            Ok(PaymentState::Cancelled) => verdicts[i] = Some(Verdict::Ack),
-            Ok(PaymentState::Failure) => {
-                verdicts[i] = Some(Verdict::Term {
-                    label: "payment_id",
-                    reason: format!(
-                        "payment_id: payment {} ended FAILURE; nothing to cancel",
-                        c.payment_id
-                    ),
-                });
-            }
-            Ok(state) => {
-                verdicts[i] = Some(Verdict::Retry {
-                    label: "payment_in_flight",
-                    error: format!(
-                        "payment {} is {}; the cancellation waits for its outcome",
-                        c.payment_id,
-                        state.as_str()
-                    ),
-                });
-            }
-            Err(e) => {
-                verdicts[i] = Some(Verdict::Term {
-                    label: "database",
-                    reason: e.to_string(),
-                })
-            }
-        }
+    for (i, c) in now {
+        let row = rows.get(&c.req.payment_id.to_string());
+        replies[i] = Some(match decide(row, &c.req) {
+            Err(verdict) => verdict.into(),
+            Ok(amount) => start_refund(pipe, c, amount).await,
+        });
     }
-    let outcomes: Vec<_> = futures::stream::iter(refunds)
-        .map(|(i, c, seq, published_ms, amount)| {
-            let span = tracing::info_span!("refund", payment_id = %c.payment_id, buyer_id = %c.buyer_id, stream_seq = seq);
-            async move {
-                let outcome = ctx.psp.refund(c.payment_id, amount).await;
-                (i, c, published_ms, outcome)
+}
+
+/// Decides one cancellation from its payment's row now (after its charge landed).
+async fn decide_one<P: Psp>(pipe: &Arc<Pipeline<P>>, c: Cancel) -> Verdict {
+    let rows = match store::load(&pipe.db, &[c.req.payment_id]).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Verdict::Retry {
+                label: "database",
+                error: e.to_string(),
+            };
+        }
+    };
+    match decide(rows.get(&c.req.payment_id.to_string()), &c.req) {
+        Err(verdict) => verdict,
+        Ok(amount) => match start_refund(pipe, c, amount).await {
+            Reply::Now(v) => v,
+            Reply::Later(rx) => rx.await.unwrap_or_else(|_| Verdict::Retry {
+                label: "abandoned",
+                error: "the refund was abandoned (shutdown)".into(),
+            }),
+        },
+    }
+}
+
+/// What a cancellation of the payment in `row` comes to: the amount to refund, or a verdict.
+fn decide(row: Option<&payment::Model>, c: &CancelRequest) -> Result<Amount, Verdict> {
+    let Some(row) = row else {
+        return Err(Verdict::Retry {
+            label: "cancel_before_payment",
+            error: format!("payment {} not received yet", c.payment_id),
+        });
+    };
+    if row.buyer_id != c.buyer_id.as_str() {
+        return Err(Verdict::Term {
+            label: "buyer_id",
+            reason: format!(
+                "buyer_id: payment {} belongs to another buyer",
+                c.payment_id
+            ),
+        });
+    }
+    match store::state_of(row) {
+        Ok(PaymentState::Success) => Amount::new(row.amount).map_err(|e| Verdict::Term {
+            label: "amount",
+            reason: format!("amount: {e}"),
+        }),
+        Ok(PaymentState::Cancelled) => Err(Verdict::Ack),
+        Ok(PaymentState::Failure) => Err(Verdict::Term {
+            label: "payment_id",
+            reason: format!(
+                "payment_id: payment {} ended FAILURE; nothing to cancel",
+                c.payment_id
+            ),
+        }),
+        Ok(state) => Err(Verdict::Retry {
+            label: "payment_in_flight",
+            error: format!(
+                "payment {} is {}; the cancellation waits for its outcome",
+                c.payment_id,
+                state.as_str()
+            ),
+        }),
+        Err(e) => Err(Verdict::Term {
+            label: "database",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Starts the refund of a cancellation on its own task (or joins one under way for the payment).
+async fn start_refund<P: Psp>(pipe: &Arc<Pipeline<P>>, c: Cancel, amount: Amount) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let id = c.req.payment_id;
+    if !pipe.flights.start(id, Work::Refund, vec![tx]) {
+        return match pipe.flights.join(id, None) {
+            Join::Joined(rx) => Reply::Later(rx),
+            // It landed in between: decide again from the row on redelivery.
+            Join::None | Join::Different => Verdict::Retry {
+                label: "payment_in_flight",
+                error: format!("payment {id} had work under way; deciding again"),
             }
-            .instrument(span)
-        })
-        .buffer_unordered(ctx.psp_concurrency.max(1))
-        .collect()
-        .await;
-    let mut changes = Vec::new();
-    let mut change_idx = Vec::new();
-    for (i, c, published_ms, outcome) in outcomes {
-        match outcome {
+            .into(),
+        };
+    }
+    let slot = pipe.acquire_slot().await;
+    tokio::spawn(refund(pipe.clone(), c, amount, slot));
+    Reply::Later(rx)
+}
+
+async fn refund<P: Psp>(
+    pipe: Arc<Pipeline<P>>,
+    c: Cancel,
+    amount: Amount,
+    slot: OwnedSemaphorePermit,
+) {
+    let id = c.req.payment_id;
+    let span = tracing::info_span!("refund", payment_id = %id, buyer_id = %c.req.buyer_id, stream_seq = c.seq);
+    let verdict = async {
+        let Some(answer) = pipe.call(|| pipe.psp.refund(id, amount)).await else {
+            return Verdict::Retry {
+                label: "abandoned",
+                error: "shut down before the PSP refunded".into(),
+            };
+        };
+        drop(slot);
+        match answer {
             PspOutcome::Succeeded { psp_reference } => {
-                changes.push(Change {
+                let change = Change {
                     event: Some(EventKind::Cancelled),
-                    reason: Some(c.reason.unwrap_or_else(|| "cancelled".into())),
-                    requested_at_ms: Some(published_ms),
+                    reason: Some(c.req.reason.clone().unwrap_or_else(|| "cancelled".into())),
+                    requested_at_ms: Some(c.published_ms),
                     ..Change::new(
-                        c.payment_id,
+                        id,
                         Trigger::Refunded,
                         format!("PSP refunded ({psp_reference})"),
                     )
-                });
-                change_idx.push(i);
-            }
-            PspOutcome::Indeterminate { error } => {
-                verdicts[i] = Some(Verdict::Retry {
-                    label: "psp_unknown",
-                    error,
-                });
-            }
-            PspOutcome::ConfigError { error } => {
-                verdicts[i] = Some(Verdict::Retry {
-                    label: "psp_config",
-                    error,
-                });
-            }
-            PspOutcome::Declined { code, .. } => {
-                verdicts[i] = Some(Verdict::Term {
-                    label: "refund_refused",
-                    reason: format!(
-                        "payment_id: PSP refused the refund of {}: {code}",
-                        c.payment_id
-                    ),
-                });
-            }
-        }
-    }
-    match store::record(&ctx.db, &changes).await {
-        Ok(results) => {
-            for (i, r) in change_idx.into_iter().zip(results) {
-                verdicts[i] = Some(match r {
-                    Recorded::Applied(_) | Recorded::Skipped(PaymentState::Cancelled) => {
+                };
+                match pipe.recorder.record(change).await {
+                    Ok(Recorded::Applied(_) | Recorded::Skipped(PaymentState::Cancelled)) => {
                         Verdict::Ack
                     }
-                    other => Verdict::Term {
+                    Ok(other) => Verdict::Term {
                         label: "payment_id",
                         reason: format!(
                             "payment_id: refunded at the PSP but not recordable here ({other:?})"
                         ),
                     },
-                });
+                    Err(error) => Verdict::Retry {
+                        label: "database",
+                        error,
+                    },
+                }
             }
-        }
-        Err(e) => {
-            for i in change_idx {
-                verdicts[i] = Some(Verdict::Retry {
-                    label: "database",
-                    error: e.to_string(),
-                });
-            }
+            PspOutcome::Indeterminate { error } => Verdict::Retry {
+                label: "psp_unknown",
+                error,
+            },
+            PspOutcome::ConfigError { error } => Verdict::Retry {
+                label: "psp_config",
+                error,
+            },
+            PspOutcome::RateLimited { .. } => Verdict::Retry {
+                label: "psp_rate_limited",
+                error: "PSP rate-limited the refund".into(),
+            },
+            PspOutcome::Declined { code, .. } => Verdict::Term {
+                label: "refund_refused",
+                reason: format!("payment_id: PSP refused the refund of {id}: {code}"),
+            },
         }
     }
+    .instrument(span)
+    .await;
+    pipe.flights.land(&id, &verdict);
 }

@@ -1,31 +1,24 @@
 //! The `payment` consumer's batch handler: decode and validate each ingress message, then hand
-//! payments to `execute` and cancellations to `cancel`. Invalid input is terminated at once with a
-//! reason naming the field; it never blocks the batch.
+//! payments to `execute` and cancellations to `cancel`, which answer each message when its own PSP
+//! work is done. Invalid input is terminated at once with a reason naming the field; it never
+//! blocks the batch.
 
 use std::sync::Arc;
 
 use async_nats::jetstream::Message;
 use metrics::counter;
-use paystream_common::consume::{Handler, Verdict};
+use paystream_common::consume::{Handler, Reply, Verdict};
 use paystream_common::ingress::{Command, decode_command};
 use paystream_common::telemetry::names;
-use sea_orm::DatabaseConnection;
-use tokio::sync::Notify;
 
+use crate::cancel::{self, Cancel};
+use crate::execute;
+use crate::pipeline::Pipeline;
 use crate::psp::Psp;
 use crate::store::Requested;
-use crate::{cancel, execute};
 
 pub struct Intake<P: Psp> {
-    pub db: DatabaseConnection,
-    pub psp: Arc<P>,
-    /// PSP calls in flight at once for one batch.
-    pub psp_concurrency: usize,
-    /// Wakes the outbox relay once events are committed.
-    pub outbox: Arc<Notify>,
-    /// How long a batch's PSP calls can take at most: the sweeper keeps off a payment that long
-    /// after its EXECUTING is written, and after an unknown outcome.
-    pub execution_lease: std::time::Duration,
+    pub pipe: Arc<Pipeline<P>>,
 }
 
 /// The stream sequence and the time JetStream stored the message (unix ms).
@@ -40,8 +33,18 @@ pub(crate) fn stream_position(m: &Message) -> (u64, i64) {
 }
 
 impl<P: Psp> Handler for Intake<P> {
-    async fn handle(&self, batch: &[Message]) -> Vec<Verdict> {
-        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+    /// Free PSP call slots, once the circuit breaker is not open: what cannot be called now is
+    /// left in PAYMENTS (not received, no delivery used) rather than taken and made to wait.
+    async fn capacity(&self) -> usize {
+        self.pipe.gate.until_not_open(&self.pipe.shutdown).await;
+        let one = self.pipe.acquire_slot().await;
+        let free = self.pipe.slots.available_permits() + 1;
+        drop(one);
+        free
+    }
+
+    async fn handle(&self, batch: &[Message]) -> Vec<Reply> {
+        let mut replies: Vec<Option<Reply>> = (0..batch.len()).map(|_| None).collect();
         let mut pays = Vec::new();
         let mut cancels = Vec::new();
         for (i, m) in batch.iter().enumerate() {
@@ -55,10 +58,13 @@ impl<P: Psp> Handler for Intake<P> {
                 Err(rejection) => {
                     counter!(names::INGRESS_REJECTED, "field" => rejection.field).increment(1);
                     tracing::warn!(stream_seq = seq, subject = %m.subject, %rejection, "ingress message rejected");
-                    verdicts[i] = Some(Verdict::Term {
-                        label: rejection.field,
-                        reason: rejection.to_string(),
-                    });
+                    replies[i] = Some(
+                        Verdict::Term {
+                            label: rejection.field,
+                            reason: rejection.to_string(),
+                        }
+                        .into(),
+                    );
                 }
                 Ok((command, format)) => {
                     let kind = if matches!(command, Command::Pay(_)) {
@@ -77,24 +83,29 @@ impl<P: Psp> Handler for Intake<P> {
                                 published_ms,
                             },
                         )),
-                        Command::Cancel(c) => cancels.push((i, c, seq, published_ms)),
+                        Command::Cancel(req) => cancels.push((
+                            i,
+                            Cancel {
+                                req,
+                                seq,
+                                published_ms,
+                            },
+                        )),
                     }
                 }
             }
         }
-        // Payments first: a cancellation in the same batch then sees its payment's outcome.
+        // Payments first: a cancellation in the same batch then finds its payment's charge under
+        // way and waits for it.
         if !pays.is_empty() {
-            execute::pay(self, pays, &mut verdicts).await;
+            execute::pay(&self.pipe, pays, &mut replies).await;
         }
         if !cancels.is_empty() {
-            cancel::cancel(self, cancels, &mut verdicts).await;
+            cancel::cancel(&self.pipe, cancels, &mut replies).await;
         }
-        if verdicts.iter().any(Option::is_some) {
-            self.outbox.notify_one();
-        }
-        verdicts
+        replies
             .into_iter()
-            .map(|v| v.expect("every message of the batch received a verdict"))
+            .map(|r| r.expect("every message of the batch received a reply"))
             .collect()
     }
 }

@@ -14,6 +14,8 @@ pub enum Decision {
     Record(Change),
     /// Our credentials were refused: record nothing against the payment.
     ConfigError(String),
+    /// The PSP did not process the request (429): record nothing, try again later.
+    NotProcessed(String),
 }
 
 /// `via` names who asked, for the history (`"intake"`, `"sweeper"`).
@@ -51,6 +53,11 @@ pub fn of_charge(payment_id: PaymentId, outcome: PspOutcome, via: &str) -> Decis
             )
         },
         PspOutcome::ConfigError { error } => return Decision::ConfigError(error),
+        PspOutcome::RateLimited { retry_after } => {
+            return Decision::NotProcessed(format!(
+                "PSP rate-limited the call (Retry-After {retry_after:?})"
+            ));
+        }
     };
     Decision::Record(change)
 }
@@ -81,7 +88,7 @@ mod tests {
         let id = PaymentId::new_random();
         let t = |o| match of_charge(id, o, "t") {
             Decision::Record(c) => Some((c.trigger, c.event)),
-            Decision::ConfigError(_) => None,
+            Decision::ConfigError(_) | Decision::NotProcessed(_) => None,
         };
         assert_eq!(
             t(PspOutcome::Succeeded {

@@ -11,6 +11,9 @@ use paystream_common::telemetry::names;
 use paystream_common::text::bounded;
 use serde::{Deserialize, Serialize};
 
+use crate::gate::Health;
+use crate::pipeline::Answer;
+
 /// What the PSP said about a charge or refund.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PspOutcome {
@@ -24,8 +27,29 @@ pub enum PspOutcome {
     /// The request may or may not have reached the PSP (timeout, reset, 5xx, an unreadable
     /// answer). Never a failure: it is resolved by asking the PSP with the same key.
     Indeterminate { error: String },
-    /// 401/403: our credentials are wrong. Not the payment's fault: nothing is recorded against it.
+    /// 401/403, or a certificate we cannot verify: our configuration is wrong. Not the payment's
+    /// fault: nothing is recorded against it.
     ConfigError { error: String },
+    /// 429: the PSP did not process the request. Try again after `retry_after` (its
+    /// `Retry-After`, when it sent one), with the same key.
+    RateLimited { retry_after: Option<Duration> },
+}
+
+impl Answer for PspOutcome {
+    fn health(&self) -> Health {
+        match self {
+            PspOutcome::Indeterminate { .. } => Health::Failed,
+            PspOutcome::RateLimited { .. } => Health::RateLimited,
+            _ => Health::Answered,
+        }
+    }
+
+    fn rate_limited(&self) -> Option<Option<Duration>> {
+        match self {
+            PspOutcome::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 /// What the PSP knows of a key (`GET /v1/payments/{key}`).
@@ -40,6 +64,26 @@ pub enum Lookup {
     ConfigError {
         error: String,
     },
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Answer for Lookup {
+    fn health(&self) -> Health {
+        match self {
+            Lookup::Indeterminate { .. } => Health::Failed,
+            Lookup::RateLimited { .. } => Health::RateLimited,
+            _ => Health::Answered,
+        }
+    }
+
+    fn rate_limited(&self) -> Option<Option<Duration>> {
+        match self {
+            Lookup::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -87,29 +131,56 @@ pub struct HttpPsp {
     base: String,
     client: reqwest::Client,
     api_key: Option<String>,
-    /// Until when calls are withheld after a credentials refusal (shared by clones).
-    refused_until: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Until when calls are withheld after a refusal of our configuration, and which (shared by
+    /// clones).
+    refused_until: std::sync::Arc<std::sync::Mutex<Option<(Instant, Refusal)>>>,
 }
 
 #[derive(Deserialize)]
-struct Answer {
+struct ChargeAnswer {
     psp_reference: Option<String>,
     status: String,
     decline_code: Option<String>,
 }
 
+/// Why the HTTP adapter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PspSetupError {
+    #[error("PAYSTREAM_PSP_CA {path}: {error}")]
+    Ca { path: String, error: String },
+    #[error("PSP HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 impl HttpPsp {
+    /// An adapter for the PSP at `base` (`http://` or `https://`). HTTPS trusts the system's roots
+    /// and, when given, the CA certificates of the PEM file `ca` (`PAYSTREAM_PSP_CA`).
     pub fn new(
         base: &str,
         api_key: Option<String>,
         timeout: Duration,
         connect_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, PspSetupError> {
+        paystream_common::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
-            .pool_max_idle_per_host(256)
-            .build()?;
+            .pool_max_idle_per_host(1024);
+        if let Some(path) = ca {
+            let ca_error = |error: String| PspSetupError::Ca {
+                path: path.display().to_string(),
+                error,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_error("holds no certificate".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             client,
@@ -120,22 +191,29 @@ impl HttpPsp {
 
     /// Why a call to `op` is not sent now, while a credentials refusal holds.
     fn withheld(&self, op: &'static str) -> Option<String> {
-        let until = (*self.refused_until.lock().ok()?)?;
+        let (until, refusal) = (*self.refused_until.lock().ok()?)?;
         let left = until.checked_duration_since(Instant::now())?;
         counter!(names::PSP_CALLS_WITHHELD, "op" => op).increment(1);
+        let why = match refusal {
+            Refusal::Credentials => {
+                "it refused our credentials (check PAYSTREAM_PSP_URL and PAYSTREAM_PSP_API_KEY)"
+            }
+            Refusal::Certificate => "its certificate is not trusted (check PAYSTREAM_PSP_CA)",
+        };
         Some(format!(
-            "not calling the PSP for {}s more: it refused our credentials \
-             (check PAYSTREAM_PSP_URL and PAYSTREAM_PSP_API_KEY)",
+            "not calling the PSP for {}s more: {why}",
             left.as_secs() + 1
         ))
     }
 
     /// Starts (a refusal) or ends (any other answer) the hold.
-    fn note_credentials(&self, refused: bool) {
+    fn note_credentials(&self, refused: Option<Refusal>) {
         if let Ok(mut until) = self.refused_until.lock() {
-            *until = refused.then(|| Instant::now() + CREDENTIALS_HOLD);
+            *until = refused.map(|r| (Instant::now() + CREDENTIALS_HOLD, r));
         }
-        metrics::gauge!(names::PSP_CREDENTIALS_REFUSED).set(if refused { 1.0 } else { 0.0 });
+        let flag = |r| if refused == Some(r) { 1.0 } else { 0.0 };
+        metrics::gauge!(names::PSP_CREDENTIALS_REFUSED).set(flag(Refusal::Credentials));
+        metrics::gauge!(names::PSP_CERTIFICATE_REFUSED).set(flag(Refusal::Certificate));
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -164,9 +242,17 @@ impl HttpPsp {
             .send()
             .await;
         let outcome = match sent {
+            Err(e) if certificate_refused(&e) => PspOutcome::ConfigError {
+                error: describe(&e),
+            },
             Err(e) => PspOutcome::Indeterminate {
                 error: describe(&e),
             },
+            Ok(resp) if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                PspOutcome::RateLimited {
+                    retry_after: retry_after(&resp),
+                }
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let wrong_endpoint = op == "charge" && matches!(status.as_u16(), 404 | 405);
@@ -179,7 +265,7 @@ impl HttpPsp {
                         ),
                     }
                 } else if status.is_success() {
-                    match resp.json::<Answer>().await {
+                    match resp.json::<ChargeAnswer>().await {
                         Ok(a) if a.status == "succeeded" && a.psp_reference.is_some() => {
                             PspOutcome::Succeeded {
                                 psp_reference: a.psp_reference.unwrap_or_default(),
@@ -215,16 +301,104 @@ impl HttpPsp {
             PspOutcome::Declined { .. } => "declined",
             PspOutcome::Indeterminate { .. } => "unknown",
             PspOutcome::ConfigError { .. } => "config_error",
+            PspOutcome::RateLimited { .. } => "rate_limited",
         };
+        let error = match &outcome {
+            PspOutcome::ConfigError { error } => error.as_str(),
+            _ => "",
+        };
+        self.observe(op, label, started, error);
+        outcome
+    }
+
+    /// Counts a call and its latency, and starts or ends a configuration hold.
+    fn observe(&self, op: &'static str, label: &'static str, started: Instant, error: &str) {
         counter!(names::PSP_REQUESTS, "op" => op, "outcome" => label).increment(1);
         histogram!(names::PSP_REQUEST_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
-        self.note_credentials(matches!(outcome, PspOutcome::ConfigError { .. }));
-        outcome
+        if label == "rate_limited" {
+            counter!(names::PSP_RATE_LIMITED, "op" => op).increment(1);
+        }
+        let refusal = match label {
+            "config_error" if error.contains(CERTIFICATE_REFUSED) => Some(Refusal::Certificate),
+            "config_error" => Some(Refusal::Credentials),
+            _ => None,
+        };
+        self.note_credentials(refusal);
     }
 }
 
+/// `Retry-After` in whole seconds (the form PSPs send); an HTTP date or garbage is ignored.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(RETRY_AFTER_MAX_S)))
+}
+
+/// How a call refused for the PSP's certificate is described (and told from a 401).
+const CERTIFICATE_REFUSED: &str =
+    "certificate not trusted (check PAYSTREAM_PSP_CA and PAYSTREAM_PSP_URL)";
+
+/// Which configuration the PSP (or its certificate) refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Credentials,
+    Certificate,
+}
+
+/// A `Retry-After` longer than this is read as this: the payment waits, it is not parked.
+const RETRY_AFTER_MAX_S: u64 = 60;
+
+/// Whether the call failed because the PSP's certificate did not verify: a configuration error
+/// (our trust store or `PAYSTREAM_PSP_CA`), never a sign of the payment's fate. rustls's error sits
+/// inside an `io::Error`, whose `source()` skips it, so each level is also unwrapped by hand.
+/// Tested end to end against the simulator over HTTPS (`e2e::real_psp::https_*`).
+fn certificate_refused(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            && matches!(inner, rustls::Error::InvalidCertificate(_))
+        {
+            return true;
+        }
+        // reqwest's connector boxes the error on the way: its text is what is left to read
+        // (rustls's `InvalidCertificate` displays as "invalid peer certificate: …").
+        if err.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The whole chain of an error, one cause after the other (reqwest's own text hides the cause).
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(err) = next {
+        let s = err.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = err.source();
+    }
+    text
+}
+
 fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
+    let kind = if certificate_refused(e) {
+        CERTIFICATE_REFUSED
+    } else if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
         "connect"
@@ -233,7 +407,7 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "transport"
     };
-    format!("PSP {kind}: {}", bounded(&e.to_string(), 200))
+    format!("PSP {kind}: {}", bounded(&chain(e), 300))
 }
 
 #[derive(Serialize)]
@@ -271,11 +445,17 @@ impl Psp for HttpPsp {
             .send()
             .await;
         let result = match sent {
+            Err(e) if certificate_refused(&e) => Lookup::ConfigError {
+                error: describe(&e),
+            },
             Err(e) => Lookup::Indeterminate {
                 error: describe(&e),
             },
             Ok(resp) => match resp.status().as_u16() {
                 404 => Lookup::NotFound,
+                429 => Lookup::RateLimited {
+                    retry_after: retry_after(&resp),
+                },
                 401 | 403 => Lookup::ConfigError {
                     error: format!("PSP answered {}", resp.status()),
                 },
@@ -295,11 +475,13 @@ impl Psp for HttpPsp {
             Lookup::Known(_) => "succeeded",
             Lookup::Indeterminate { .. } => "unknown",
             Lookup::ConfigError { .. } => "config_error",
+            Lookup::RateLimited { .. } => "rate_limited",
         };
-        counter!(names::PSP_REQUESTS, "op" => "lookup", "outcome" => label).increment(1);
-        histogram!(names::PSP_REQUEST_DURATION, "op" => "lookup")
-            .record(started.elapsed().as_secs_f64());
-        self.note_credentials(matches!(result, Lookup::ConfigError { .. }));
+        let error = match &result {
+            Lookup::ConfigError { error } => error.as_str(),
+            _ => "",
+        };
+        self.observe("lookup", label, started, error);
         result
     }
 }

@@ -11,20 +11,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use metrics::{counter, gauge};
+use paystream_common::consume::Verdict;
 use paystream_common::ids::{MerchantId, PaymentId};
 use paystream_common::money::Currency;
 use paystream_common::shutdown::Shutdown;
 use paystream_common::state::Trigger;
 use paystream_common::telemetry::names;
 use paystream_common::time::now_ms;
-use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::breaker::State;
 use crate::entity::payment;
 use crate::outcome::{self, Decision};
+use crate::pipeline::{Pipeline, Work};
 use crate::psp::{ChargeRequest, Lookup, Psp, PspOutcome};
 use crate::store::{self, Change};
 
@@ -38,7 +39,6 @@ pub struct SweeperConfig {
     pub interval: Duration,
     pub executing_timeout: Duration,
     pub attempts_max: i32,
-    pub psp_concurrency: usize,
     /// How long a claim holds: longer than one lookup plus one charge can take.
     pub lease: Duration,
 }
@@ -53,12 +53,12 @@ pub fn retry_delay(interval: Duration, attempts: i32) -> Duration {
 }
 
 pub async fn run<P: Psp>(
-    db: DatabaseConnection,
-    psp: Arc<P>,
+    pipe: Arc<Pipeline<P>>,
     cfg: SweeperConfig,
     outbox: Arc<Notify>,
     mut shutdown: Shutdown,
 ) {
+    let db = pipe.db.clone();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -66,7 +66,7 @@ pub async fn run<P: Psp>(
             _ = tick.tick() => {},
             () = shutdown.wait() => break,
         }
-        match sweep(&db, psp.as_ref(), &cfg).await {
+        match sweep(&pipe, &cfg).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(resolved_or_retried = n, "sweep done");
@@ -86,15 +86,25 @@ pub async fn run<P: Psp>(
     tracing::info!("sweeper stopped");
 }
 
-/// One sweep; returns how many payments got a recorded change.
+/// One sweep; returns how many payments got a recorded change. Each payment is resolved on its
+/// own (through the pipeline's slots and gate) and its outcome committed as soon as it is in.
 pub async fn sweep<P: Psp>(
-    db: &DatabaseConnection,
-    psp: &P,
+    pipe: &Arc<Pipeline<P>>,
     cfg: &SweeperConfig,
 ) -> Result<usize, store::StoreError> {
+    if pipe.gate.state() == State::Open {
+        // The PSP is browning out: asking it about payments would only make more unknowns.
+        return Ok(0);
+    }
+    let db = &pipe.db;
     let now = now_ms();
     let timeout_ms = i64::try_from(cfg.executing_timeout.as_millis()).unwrap_or(i64::MAX);
     let candidates = store::sweep_candidates(db, now, now - timeout_ms, SWEEP_BATCH_MAX).await?;
+    // What this instance is charging or refunding right now is not stuck.
+    let candidates: Vec<payment::Model> = candidates
+        .into_iter()
+        .filter(|c| PaymentId::parse(&c.payment_id).map_or(true, |id| !pipe.flights.contains(&id)))
+        .collect();
     if candidates.is_empty() {
         return Ok(0);
     }
@@ -106,72 +116,103 @@ pub async fn sweep<P: Psp>(
         .filter(|c| held.contains(&c.payment_id))
         .collect();
 
-    let decisions: Vec<(payment::Model, Decision)> = futures::stream::iter(rows)
-        .map(|row| {
-            let span = tracing::info_span!("sweep", payment_id = %row.payment_id, buyer_id = %row.buyer_id, stream_seq = row.request_seq, attempt = row.attempts + 1, state = %row.state);
-            async move {
-                let d = resolve(psp, &row).await;
-                (row, d)
-            }
-            .instrument(span)
-        })
-        .buffer_unordered(cfg.psp_concurrency.max(1))
-        .collect()
-        .await;
-
-    let mut changes = Vec::new();
+    let resolved = futures::future::join_all(rows.into_iter().map(|row| {
+        let span = tracing::info_span!("sweep", payment_id = %row.payment_id, buyer_id = %row.buyer_id, stream_seq = row.request_seq, attempt = row.attempts + 1, state = %row.state);
+        resolve_one(pipe, cfg, row).instrument(span)
+    }))
+    .await;
     let mut released = Vec::new();
-    for (row, decision) in decisions {
-        match decision {
-            Decision::Record(change) => {
-                let label = match change.trigger {
-                    Trigger::Charged => "success",
-                    Trigger::Declined => "failure",
-                    _ => "unknown",
-                };
-                counter!(names::SWEEPER_ATTEMPTS, "outcome" => label).increment(1);
-                let retry_at_ms = (change.trigger == Trigger::Indeterminate).then(|| {
-                    // Past the bound, the payment is not abandoned: it moves to a slow lane
-                    // (every 10 minutes) and `paystream_sweeper_exhausted` alerts.
-                    let delay = if row.attempts + 1 >= cfg.attempts_max {
-                        RETRY_DELAY_MAX
-                    } else {
-                        retry_delay(cfg.interval, row.attempts + 1)
-                    };
-                    now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
-                });
-                changes.push(Change {
-                    attempted: true,
-                    retry_at_ms,
-                    ..change
-                });
-            }
-            Decision::ConfigError(error) => {
-                counter!(names::SWEEPER_ATTEMPTS, "outcome" => "config_error").increment(1);
-                tracing::error!(payment_id = %row.payment_id, %error, "PSP refused our credentials");
-                released.push(row.payment_id);
+    let mut recorded = 0;
+    for r in resolved {
+        match r {
+            Resolved::Recorded => recorded += 1,
+            Resolved::Released(id) => released.push(id),
+            Resolved::Failed(e) => {
+                tracing::warn!(error = %e, "sweeper could not record an outcome; the next sweep retries")
             }
         }
     }
     if !released.is_empty() {
         store::release(db, &released).await?;
     }
-    let n = changes.len();
-    store::record(db, &changes).await?;
-    Ok(n)
+    Ok(recorded)
+}
+
+/// What became of one swept payment.
+enum Resolved {
+    Recorded,
+    /// Nothing recorded (the PSP refused our configuration, or it is under way elsewhere here):
+    /// the lease is given back.
+    Released(String),
+    Failed(String),
+}
+
+async fn resolve_one<P: Psp>(
+    pipe: &Arc<Pipeline<P>>,
+    cfg: &SweeperConfig,
+    row: payment::Model,
+) -> Resolved {
+    let Ok(payment_id) = PaymentId::parse(&row.payment_id) else {
+        tracing::error!(payment_id = %row.payment_id, "stored payment id is not a UUID");
+        return Resolved::Released(row.payment_id);
+    };
+    if !pipe.flights.start(payment_id, Work::Sweep, Vec::new()) {
+        return Resolved::Released(row.payment_id);
+    }
+    let slot = pipe.acquire_slot().await;
+    let decision = resolve(pipe, &row, payment_id).await;
+    drop(slot);
+    let result = match decision {
+        None => Resolved::Released(row.payment_id.clone()),
+        Some(Decision::Record(change)) => {
+            let label = match change.trigger {
+                Trigger::Charged => "success",
+                Trigger::Declined => "failure",
+                _ => "unknown",
+            };
+            counter!(names::SWEEPER_ATTEMPTS, "outcome" => label).increment(1);
+            let retry_at_ms = (change.trigger == Trigger::Indeterminate).then(|| {
+                // Past the bound, the payment is not abandoned: it moves to a slow lane
+                // (every 10 minutes) and `paystream_sweeper_exhausted` alerts.
+                let delay = if row.attempts + 1 >= cfg.attempts_max {
+                    RETRY_DELAY_MAX
+                } else {
+                    retry_delay(cfg.interval, row.attempts + 1)
+                };
+                now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
+            });
+            let change = Change {
+                attempted: true,
+                retry_at_ms,
+                ..change
+            };
+            match pipe.recorder.record(change).await {
+                Ok(_) => Resolved::Recorded,
+                Err(e) => Resolved::Failed(e),
+            }
+        }
+        Some(Decision::ConfigError(error)) => {
+            counter!(names::SWEEPER_ATTEMPTS, "outcome" => "config_error").increment(1);
+            tracing::error!(%error, "PSP refused our configuration");
+            Resolved::Released(row.payment_id.clone())
+        }
+        Some(Decision::NotProcessed(_)) => Resolved::Released(row.payment_id.clone()),
+    };
+    pipe.flights.land(&payment_id, &Verdict::Ack);
+    result
 }
 
 /// Asks the PSP about one payment and decides; charges again (same key) if the PSP never saw it.
-async fn resolve<P: Psp>(psp: &P, row: &payment::Model) -> Decision {
-    let Ok(payment_id) = PaymentId::parse(&row.payment_id) else {
-        return Decision::ConfigError(format!(
-            "stored payment id {:?} is not a UUID",
-            row.payment_id
-        ));
-    };
-    match psp.lookup(payment_id).await {
+/// `None`: shut down before an answer.
+async fn resolve<P: Psp>(
+    pipe: &Pipeline<P>,
+    row: &payment::Model,
+    payment_id: PaymentId,
+) -> Option<Decision> {
+    let decision = match pipe.call(|| pipe.psp.lookup(payment_id)).await? {
         Lookup::Known(p) => outcome::of_lookup(payment_id, p),
         Lookup::ConfigError { error } => Decision::ConfigError(error),
+        Lookup::RateLimited { .. } => Decision::NotProcessed("PSP rate-limited the lookup".into()),
         Lookup::Indeterminate { error } => outcome::of_charge(
             payment_id,
             PspOutcome::Indeterminate { error },
@@ -182,10 +223,10 @@ async fn resolve<P: Psp>(psp: &P, row: &payment::Model) -> Decision {
                 MerchantId::parse(&row.merchant_id),
                 Currency::parse(&row.currency),
             ) else {
-                return Decision::ConfigError(format!(
+                return Some(Decision::ConfigError(format!(
                     "payment {} has a corrupt merchant or currency",
                     row.payment_id
-                ));
+                )));
             };
             let metadata: BTreeMap<String, String> =
                 serde_json::from_str(&row.metadata).unwrap_or_default();
@@ -196,14 +237,12 @@ async fn resolve<P: Psp>(psp: &P, row: &payment::Model) -> Decision {
                 merchant_id: &merchant_id,
                 metadata: &metadata,
             };
-            tracing::info!(payment_id = %row.payment_id, "PSP never received the charge: executing again with the same key");
-            outcome::of_charge(
-                payment_id,
-                psp.charge(&charge).await,
-                "sweeper (re-executed)",
-            )
+            tracing::info!("PSP never received the charge: executing again with the same key");
+            let answer = pipe.call(|| pipe.psp.charge(&charge)).await?;
+            outcome::of_charge(payment_id, answer, "sweeper (re-executed)")
         }
-    }
+    };
+    Some(decision)
 }
 
 #[cfg(test)]

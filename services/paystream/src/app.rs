@@ -58,6 +58,8 @@ pub struct App {
     pub nats_url: Option<String>,
     pub db: Option<DatabaseConnection>,
     pub readiness: Readiness,
+    /// The payment service's gate to the PSP (circuit breaker, rate limiter), when it runs here.
+    pub psp_gate: Option<Arc<paystream_payment::gate::Gate>>,
     trigger: Trigger,
     tasks: JoinSet<()>,
     /// The PSP simulator, stopped only after the services drained: their last PSP calls on
@@ -296,6 +298,7 @@ async fn start_parts(
         nats_url: cfg.nats_url.clone(),
         db: None,
         readiness: readiness.clone(),
+        psp_gate: None,
         trigger,
         tasks,
         sim,
@@ -373,17 +376,20 @@ async fn start_parts(
             cfg.psp_api_key.as_ref().map(|s| s.0.clone()),
             cfg.psp_timeout,
             cfg.psp_connect_timeout,
+            cfg.psp_ca.as_deref(),
         )?;
-        paystream_payment::start(
-            &cfg,
-            conn.clone(),
-            js.clone(),
-            Arc::new(psp),
-            &readiness,
-            shutdown.clone(),
-            &mut app.tasks,
-        )
-        .await?;
+        app.psp_gate = Some(
+            paystream_payment::start(
+                &cfg,
+                conn.clone(),
+                js.clone(),
+                Arc::new(psp),
+                &readiness,
+                shutdown.clone(),
+                &mut app.tasks,
+            )
+            .await?,
+        );
     }
     if parts.wallet {
         let applier = paystream_wallet::Wallet { db: conn.clone() };
