@@ -2,7 +2,8 @@
 //! settings in one run, so only the ratio matters (absolute numbers on a shared 2-core machine are
 //! noise). The raw hop is publish → pull consume → ack of 256-byte messages; paystream's is a
 //! payment published on `payments.request.*` until the ledger has applied its event (PSP
-//! simulator with no injected latency). Both are measured at saturation (throughput) and at a
+//! simulator with no injected latency, or with `--psp-latency-ms` a PSP as slow as a real one,
+//! measured then against concurrency ÷ mean PSP latency as well). Both are measured at saturation (throughput) and at a
 //! fixed rate (latency). The outcome is verified, so a fast wrong run cannot report.
 
 use std::collections::VecDeque;
@@ -27,6 +28,12 @@ use serde::Serialize;
 
 use crate::app::{self, Parts};
 
+/// Payments that were UNKNOWN at some point: their own PSP call timed out (or lost its answer).
+const UNKNOWN_ONCE_IDS: &str = "SELECT payment_id FROM payment_history WHERE state = 'UNKNOWN'";
+const UNKNOWN_ONCE: &str =
+    "SELECT COUNT(DISTINCT payment_id) FROM payment_history WHERE state = 'UNKNOWN'";
+const PSP_DURATION: &str = paystream_common::telemetry::names::PSP_REQUEST_DURATION;
+
 /// Publish acks outstanding at once (FIELD-NOTES: 256–1024 is the sweet spot on 2 cores).
 const PUBLISH_WINDOW: usize = 512;
 const PAYLOAD_BYTES: usize = 256;
@@ -39,6 +46,33 @@ pub struct BenchOptions {
     pub fsync_always: bool,
     /// Payments queued while the services are down, then processed (0: no backlog run).
     pub backlog: usize,
+    /// How slow and unreliable the simulated PSP is.
+    pub psp: PspOptions,
+}
+
+/// The simulated PSP's behaviour in a bench run.
+#[derive(Debug, Clone, Default)]
+pub struct PspOptions {
+    /// Median latency (ms); `None`: answers at once.
+    pub latency_ms: Option<u64>,
+    /// p99 of a log-normal latency (ms).
+    pub latency_p99_ms: Option<u64>,
+    /// Share of calls that hang until the PSP timeout.
+    pub timeout_rate: f64,
+}
+
+/// What the PSP allowed in a run with a PSP latency: the bound no pipeline can beat.
+#[derive(Debug, Serialize)]
+pub struct PspBound {
+    /// Mean latency of the throughput run's charges, as the payment service measured them.
+    pub latency_ms_mean: f64,
+    pub concurrency: u16,
+    /// concurrency ÷ mean latency.
+    pub bound_payments_per_s: f64,
+    /// Payments of the throughput run whose own call timed out (UNKNOWN, then resolved by the
+    /// sweeper): left out of `payments_per_s` and the latency percentiles, which measure the
+    /// pipeline, not the PSP timeout.
+    pub timed_out: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +126,11 @@ pub struct Report {
     pub problems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog: Option<Backlog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psp: Option<PspBound>,
+    /// paystream payments/s ÷ `psp.bound_payments_per_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_psp_bound: Option<f64>,
 }
 
 impl Report {
@@ -120,7 +159,16 @@ impl Report {
             } else {
                 format!("\nproblems: {}", self.problems.join("; "))
             }
-        ) + &self.backlog.as_ref().map_or(String::new(), |b| {
+        ) + &self.psp.as_ref().map_or(String::new(), |p| {
+            format!(
+                "PSP bound           {:>9.0} payments/s  ({} in flight ÷ mean latency {:.1} ms); ratio to it {:.3}; {} timed out\n",
+                p.bound_payments_per_s,
+                p.concurrency,
+                p.latency_ms_mean,
+                self.ratio_to_psp_bound.unwrap_or(0.0),
+                p.timed_out
+            )
+        }) + &self.backlog.as_ref().map_or(String::new(), |b| {
             format!(
                 "backlog             {} payments in {:.1} s ({:.0}/s), RSS {:.0} MB at start, peak {:.0} MB; by tenth: {:?}\n",
                 b.payments, b.seconds, b.payments_per_s, b.rss_start_mb, b.rss_peak_mb, b.rss_by_tenth_mb
@@ -337,6 +385,19 @@ async fn paystream_run(
     ))
 }
 
+/// `(sum, count)` of a histogram of this process's metrics, over the series with `label`.
+fn histogram_totals(name: &str, label: &str) -> (f64, f64) {
+    let text = paystream_common::telemetry::install_metrics().render();
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (value("sum"), value("count"))
+}
+
 /// Events the ledger has applied in this process, from its `paystream_events_applied_total`:
 /// polling a `COUNT(*)` instead scanned a million-row index twenty times a second, which took
 /// CPU from the services and filled the bench's own page cache.
@@ -507,9 +568,10 @@ async fn run_in(
         http_addr: "127.0.0.1:0".parse()?,
         psp_url: None,
         psp_sim_addr: "127.0.0.1:0".parse()?,
-        psp_sim_latency_ms: 0,
+        psp_sim_latency_ms: opts.psp.latency_ms.unwrap_or(0),
+        psp_sim_latency_p99_ms: opts.psp.latency_p99_ms,
         psp_sim_error_rate: 0.0,
-        psp_sim_timeout_rate: 0.0,
+        psp_sim_timeout_rate: opts.psp.timeout_rate,
         psp_sim_lost_response_rate: 0.0,
         psp_sim_decline_rate: 0.0,
         failpoints: None,
@@ -527,8 +589,42 @@ async fn run_in(
     let db = paystream_common::db::connect(&db_url).await?;
     let saturate: Vec<PaymentRequest> = (0..n).map(payment).collect();
     let cpu0 = cpu_time();
+    let charges0 = histogram_totals(PSP_DURATION, "op=\"charge\"");
+    let started_ms = paystream_common::time::now_ms();
     let ps_elapsed = paystream_run(&js, &db, &saturate, None, 0).await?;
     let cpu = cpu_time() - cpu0;
+    let charges1 = histogram_totals(PSP_DURATION, "op=\"charge\"");
+    // Payments whose own call timed out wait for the sweeper: the pipeline's throughput is that
+    // of the others (all of them, when no call timed out).
+    let timed_out = count(&db, UNKNOWN_ONCE).await?;
+    let ps_elapsed = if timed_out > 0 {
+        let last_ms = count(
+            &db,
+            &format!(
+                "SELECT MAX(applied_at_ms) FROM applied_events WHERE consumer = 'ledger' \
+                 AND payment_id NOT IN ({UNKNOWN_ONCE_IDS})"
+            ),
+        )
+        .await?;
+        Duration::from_millis(u64::try_from(last_ms - started_ms).unwrap_or(0).max(1))
+    } else {
+        ps_elapsed
+    };
+    let timed_out = usize::try_from(timed_out).unwrap_or(0);
+    let psp_bound = opts.psp.latency_ms.map(|_| {
+        let (sum, calls) = (charges1.0 - charges0.0, charges1.1 - charges0.1);
+        let mean_s = if calls > 0.0 { sum / calls } else { 0.0 };
+        PspBound {
+            latency_ms_mean: mean_s * 1000.0,
+            concurrency: bench_cfg.psp_concurrency,
+            bound_payments_per_s: if mean_s > 0.0 {
+                f64::from(bench_cfg.psp_concurrency) / mean_s
+            } else {
+                f64::INFINITY
+            },
+            timed_out,
+        }
+    });
     let paced: Vec<PaymentRequest> = (n..n + latency_n).map(payment).collect();
     paystream_run(&js, &db, &paced, Some(opts.rate), n as i64).await?;
     app.shutdown().await;
@@ -548,7 +644,7 @@ async fn run_in(
             db.get_database_backend(),
             format!(
                 "SELECT a.applied_at_ms - p.requested_at_ms AS d FROM applied_events a JOIN payments p ON p.payment_id = a.payment_id \
-                 WHERE a.consumer = 'ledger' AND p.payment_id IN ({})",
+                 WHERE a.consumer = 'ledger' AND p.payment_id IN ({}) AND p.payment_id NOT IN ({UNKNOWN_ONCE_IDS})",
                 ids.join(",")
             ),
         ))
@@ -600,7 +696,7 @@ async fn run_in(
     }
 
     let raw_rate = n as f64 / raw_elapsed.as_secs_f64();
-    let ps_rate = n as f64 / ps_elapsed.as_secs_f64();
+    let ps_rate = n.saturating_sub(timed_out).max(1) as f64 / ps_elapsed.as_secs_f64();
     Ok(Report {
         raw: Raw {
             msgs: n,
@@ -624,5 +720,7 @@ async fn run_in(
         verified: problems.is_empty(),
         problems,
         backlog: backlog.map(|(b, _)| b),
+        ratio_to_psp_bound: psp_bound.as_ref().map(|p| ps_rate / p.bound_payments_per_s),
+        psp: psp_bound,
     })
 }

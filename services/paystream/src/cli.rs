@@ -96,6 +96,16 @@ pub enum Command {
         /// time to work through the backlog and the peak resident set (0: skip).
         #[arg(long, default_value_t = 0)]
         backlog: usize,
+        /// The simulator's median latency (ms), to measure against a PSP as slow as a real one;
+        /// the report then gives the bound no pipeline can beat (concurrency ÷ mean latency).
+        #[arg(long)]
+        psp_latency_ms: Option<u64>,
+        /// With `--psp-latency-ms`: the p99 (ms) of a log-normal latency (a real PSP's tail).
+        #[arg(long, requires = "psp_latency_ms")]
+        psp_latency_p99_ms: Option<u64>,
+        /// Share of PSP calls (0.0–1.0) that hang until `PAYSTREAM_PSP_TIMEOUT`.
+        #[arg(long, value_parser = paystream_common::config::parse_rate)]
+        psp_timeout_rate: Option<f64>,
         #[arg(long)]
         json: bool,
     },

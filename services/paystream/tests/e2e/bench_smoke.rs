@@ -17,6 +17,7 @@ async fn bench_smoke() {
             postgres: false,
             fsync_always: false,
             backlog: 500,
+            psp: Default::default(),
         },
     )
     .await
@@ -36,4 +37,56 @@ async fn bench_smoke() {
     for key in ["raw", "paystream", "ratio", "fsync", "verified"] {
         assert!(json.get(key).is_some(), "bench --json has {key}");
     }
+    assert!(
+        json.get("psp").is_none(),
+        "no PSP bound without a PSP latency"
+    );
+}
+
+/// Against a slow PSP with a tail and timeouts: the report gives the PSP bound and the ratio to
+/// it, and the payments whose own call timed out are counted apart (and still verified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_against_a_slow_psp() {
+    let bin = paystream_testkit::nats_server_bin();
+    let cfg = Config::load_from([
+        "paystream",
+        &format!("--nats-server-bin={}", bin.display()),
+        "--psp-timeout=1s",
+        "--psp-concurrency=64",
+    ])
+    .unwrap();
+    let report = bench::run(
+        &cfg,
+        BenchOptions {
+            payments: 400,
+            rate: 100,
+            postgres: false,
+            fsync_always: false,
+            backlog: 0,
+            psp: bench::PspOptions {
+                latency_ms: Some(40),
+                latency_p99_ms: Some(300),
+                timeout_rate: 0.02,
+            },
+        },
+    )
+    .await
+    .expect("bench runs");
+    assert!(report.verified, "{:?}", report.problems);
+    let psp = report.psp.as_ref().expect("a PSP bound");
+    assert_eq!(psp.concurrency, 64);
+    // The measured mean of a log-normal with median 40 ms and p99 300 ms is about 60 ms (the
+    // timed-out calls add their second each).
+    assert!(
+        psp.latency_ms_mean > 30.0 && psp.latency_ms_mean < 400.0,
+        "{psp:?}"
+    );
+    assert!((psp.bound_payments_per_s - 64_000.0 / psp.latency_ms_mean).abs() < 1.0);
+    let ratio = report.ratio_to_psp_bound.expect("a ratio to the bound");
+    assert!(ratio > 0.0 && ratio < 1.2, "{ratio}");
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["psp", "ratio_to_psp_bound"] {
+        assert!(json.get(key).is_some(), "bench --json has {key}");
+    }
+    eprintln!("{}", report.table());
 }
