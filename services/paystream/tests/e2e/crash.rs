@@ -19,7 +19,7 @@ const PAYMENTS: usize = 2_000;
 const WAVES: usize = 10;
 
 /// The windows that matter: each gets a life that crashes exactly there, the first time it is
-/// reached. (Not a later hit: the points are passed once per batch, and a slow start-up can find a
+/// reached. (Not a later hit: the first is passed once per batch, and a slow start-up can find a
 /// whole wave ready and take it in one batch, so a 2nd hit may never come.)
 const FAILPOINTS: [&str; 6] = [
     "payment.after_executing",
@@ -69,7 +69,9 @@ async fn crashes(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let sim = Simulator::open(SimConfig {
         store_path: data.path().join("psp.sqlite"),
+        // A real PSP's tail, so a kill finds calls of very different ages in flight.
         latency_ms: 30,
+        latency_p99_ms: Some(400),
         ..SimConfig::default()
     })
     .await

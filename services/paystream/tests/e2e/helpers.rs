@@ -377,11 +377,18 @@ pub async fn assert_exactly_once(
             .map(|row| {
                 let client = client.clone();
                 async move {
-                    let resp = client
-                        .get(format!("{psp_url}/v1/payments/{}", row.payment_id))
-                        .send()
-                        .await
-                        .unwrap();
+                    // A rate-limited PSP answers our own checks 429 too: wait and ask again.
+                    let resp = loop {
+                        let resp = client
+                            .get(format!("{psp_url}/v1/payments/{}", row.payment_id))
+                            .send()
+                            .await
+                            .unwrap();
+                        if resp.status().as_u16() != 429 {
+                            break resp;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    };
                     let known = if resp.status().as_u16() == 404 {
                         None
                     } else {

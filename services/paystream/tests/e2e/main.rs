@@ -16,6 +16,7 @@ mod helpers;
 mod nats_restart;
 mod ops;
 mod ordering;
+mod real_psp;
 mod recon;
 mod recon_file;
 mod scale;

@@ -239,6 +239,7 @@ async fn day_with_faults(backend: Backend) {
         None,
         Duration::from_secs(5),
         Duration::from_secs(2),
+        None,
     )
     .unwrap();
     let mut cancels = 0;
