@@ -59,8 +59,17 @@ impl Gate {
         }
     }
 
+    /// The breaker's state now (an open one half-opens once its time is up).
     pub fn state(&self) -> State {
-        self.breaker.lock().expect("breaker lock").state()
+        let (state, entered) = self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .poll(Instant::now());
+        if let Some(to) = entered {
+            self.transition(to);
+        }
+        state
     }
 
     /// `(opened, closed)`: how often the breaker opened and closed again.
@@ -118,14 +127,10 @@ impl Gate {
         let mut stop = shutdown.clone();
         loop {
             let changed = self.changed.notified();
-            let wait = {
-                let b = self.breaker.lock().expect("breaker lock");
-                match b.state() {
-                    State::Open => Some(Duration::from_millis(100)),
-                    _ => None,
-                }
-            };
-            let Some(wait) = wait else { return };
+            if self.state() != State::Open {
+                return;
+            }
+            let wait = Duration::from_millis(100);
             tokio::select! {
                 () = changed => {},
                 () = tokio::time::sleep(wait) => {},
