@@ -59,9 +59,15 @@ async fn fault_storm(backend: Backend) {
         "SELECT COUNT(*) FROM payment_history WHERE cause LIKE 'sweeper (PSP lookup)%'",
     )
     .await;
+    let (opened, _) = env
+        .app()
+        .psp_gate
+        .as_ref()
+        .expect("payment runs")
+        .transitions();
     eprintln!(
         "{backend:?}: {PAYMENTS} payments under faults settled in {:.1}s: {per_state:?}; {unknown_seen} went UNKNOWN, \
-         sweeper re-executed {redriven} and adopted {adopted} PSP answers",
+         sweeper re-executed {redriven} and adopted {adopted} PSP answers; the breaker opened {opened} times",
         settled.as_secs_f64()
     );
     assert!(

@@ -229,15 +229,43 @@ pub async fn events_applied(db: &DatabaseConnection) -> bool {
 
 /// Waits until no payment is in flight and wallet and ledger have applied every event.
 pub async fn wait_settled(db: &DatabaseConnection, payments: i64, timeout: Duration) {
-    eventually(timeout, "all payments final and applied", || async {
+    let deadline = Instant::now() + timeout;
+    loop {
         let final_ = scalar(
             db,
             "SELECT COUNT(*) FROM payments WHERE state IN ('SUCCESS','FAILURE','CANCELLED')",
         )
         .await;
-        final_ == payments && events_applied(db).await
-    })
-    .await;
+        if final_ == payments && events_applied(db).await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            // What is left, for whoever reads the failure.
+            let rows = db
+                .query_all_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT state || ' ' || CAST(COUNT(*) AS TEXT) || ' (max attempts ' || \
+                     CAST(MAX(attempts) AS TEXT) || ')' AS s FROM payments GROUP BY state"
+                        .to_owned(),
+                ))
+                .await
+                .unwrap_or_default();
+            let states: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.try_get::<String>("", "s").ok())
+                .collect();
+            let unpublished = scalar(
+                db,
+                "SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL",
+            )
+            .await;
+            panic!(
+                "timed out after {timeout:?} waiting for all {payments} payments final and applied: \
+                 {states:?}, {unpublished} events unpublished"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The simulator's whole-store counters.

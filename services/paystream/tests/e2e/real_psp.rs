@@ -166,7 +166,10 @@ async fn rate_limit_storm(backend: Backend) {
     )
     .await;
     assert_eq!(unknown_or_failed, 0);
-    assert_eq!(scalar(db, "SELECT MAX(attempts) FROM payments").await, 1);
+    assert_eq!(
+        scalar(db, "SELECT CAST(MAX(attempts) AS BIGINT) FROM payments").await,
+        1
+    );
     let stats = sim_stats(&env.psp_url()).await;
     let refused = stats["rate_limited"].as_i64().unwrap();
     let gate = env
