@@ -15,10 +15,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics::gauge;
 use paystream_common::consume::Verdict;
 use paystream_common::ids::PaymentId;
 use paystream_common::ingress::PaymentRequest;
 use paystream_common::shutdown::Shutdown;
+use paystream_common::telemetry::names;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
@@ -72,7 +74,9 @@ impl<P: Psp> Pipeline<P> {
         let mut stop = self.shutdown.clone();
         loop {
             let pass = self.gate.enter(&self.shutdown).await?;
+            gauge!(names::PSP_IN_FLIGHT).increment(1.0);
             let answer = op().await;
+            gauge!(names::PSP_IN_FLIGHT).decrement(1.0);
             self.gate.exit(pass, answer.health());
             let Some(retry_after) = answer.rate_limited() else {
                 return Some(answer);

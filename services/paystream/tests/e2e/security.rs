@@ -458,6 +458,9 @@ fn free_port() -> u16 {
 /// (debug level), its metrics, the commands' `--json` output or the nats-server's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_is_secure_by_default_and_leaks_no_secret() {
+    // This test starts no test server or database of its own (which install it), yet builds
+    // HTTP clients.
+    paystream_common::tls::install_crypto_provider();
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_path_buf();
     let psp_key = format!("psp-key-{}", uuid::Uuid::new_v4().simple());
