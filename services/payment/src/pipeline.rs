@@ -30,6 +30,8 @@ use crate::store::{self, Change, Recorded};
 
 /// Most outcomes one recorder transaction commits.
 const GROUP_MAX: usize = 512;
+/// How long the recorder waits for another outcome before committing what it has.
+const GROUP_LINGER: Duration = Duration::from_millis(2);
 /// First wait after a 429 without `Retry-After`; doubled per 429, up to `RATE_LIMITED_WAIT_MAX`.
 const RATE_LIMITED_WAIT_FIRST: Duration = Duration::from_millis(500);
 const RATE_LIMITED_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -204,10 +206,18 @@ async fn run_recorder(
 ) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
+        // Outcomes of one batch arrive within moments of each other when the PSP is quick: a
+        // short linger (bounded from the first outcome, so a steady trickle cannot stretch it)
+        // commits them together instead of one small transaction each. Measured with
+        // `paystream bench` (0 ms PSP): 1,007 → 1,300 payments/s, 1.05 → 0.88 ms CPU each.
+        let linger_until = tokio::time::Instant::now() + GROUP_LINGER;
         while group.len() < GROUP_MAX {
             match rx.try_recv() {
                 Ok(next) => group.push(next),
-                Err(_) => break,
+                Err(_) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                    Ok(Some(next)) => group.push(next),
+                    _ => break,
+                },
             }
         }
         let (changes, replies): (Vec<Change>, Vec<_>) = group.into_iter().unzip();
