@@ -162,13 +162,24 @@ async fn poisoned_merchant(backend: Backend) {
     for gaps in &delays {
         assert_eq!(gaps.len(), BACKOFF_MS.len());
         // Never earlier than the schedule; later only by the time the redelivery waits behind
-        // other batches on a loaded machine (seen up to +3 s in CI).
+        // other batches on a loaded machine (seen up to +3 s in CI). One gap may be short: on a
+        // loaded machine a delivery can sit in the client's buffer past its 1 s ack wait, so the
+        // server sends a second copy and both fail moments apart (seen once: [140, 2178, 3081]).
         for (gap, want) in gaps.iter().zip(BACKOFF_MS) {
             assert!(
-                *gap >= want - 50 && *gap <= want + 10_000,
+                *gap <= want + 10_000,
                 "retry gaps {gaps:?} follow {BACKOFF_MS:?}"
             );
         }
+        let on_schedule = gaps
+            .iter()
+            .zip(BACKOFF_MS)
+            .filter(|(gap, want)| **gap >= want - 50)
+            .count();
+        assert!(
+            on_schedule + 1 >= BACKOFF_MS.len(),
+            "retry gaps {gaps:?} follow {BACKOFF_MS:?}"
+        );
     }
     eprintln!(
         "{backend:?}: observed retry gaps (ms) for the schedule {BACKOFF_MS:?}: {:?}",
