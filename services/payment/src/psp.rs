@@ -152,6 +152,22 @@ pub enum PspSetupError {
     Client(#[from] reqwest::Error),
 }
 
+/// The CA certificates of the PEM file `path` (`PAYSTREAM_PSP_CA`), trusted beside the system's
+/// roots by every client of the PSP (this adapter, the reconciler's downloads).
+pub fn extra_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, PspSetupError> {
+    let ca_error = |error: String| PspSetupError::Ca {
+        path: path.display().to_string(),
+        error,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| ca_error(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(ca_error("holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
 impl HttpPsp {
     /// An adapter for the PSP at `base` (`http://` or `https://`). HTTPS trusts the system's roots
     /// and, when given, the CA certificates of the PEM file `ca` (`PAYSTREAM_PSP_CA`).
@@ -168,17 +184,7 @@ impl HttpPsp {
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(1024);
         if let Some(path) = ca {
-            let ca_error = |error: String| PspSetupError::Ca {
-                path: path.display().to_string(),
-                error,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(format!("not a PEM certificate bundle: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_error("holds no certificate".into()));
-            }
-            builder = builder.tls_certs_merge(certs);
+            builder = builder.tls_certs_merge(extra_roots(path)?);
         }
         let client = builder.build()?;
         Ok(Self {

@@ -14,12 +14,20 @@ pub const AUDIT_ACTION: &str = "recon.run";
 /// started, `PAYSTREAM_PSP_URL`, or else the simulator's address, `https://` when it is given a
 /// certificate).
 pub fn reconciler(cfg: &Config, db: DatabaseConnection, psp_url: Option<String>) -> Reconciler {
+    let mut http = reqwest::Client::builder().connect_timeout(cfg.psp_connect_timeout);
+    if let Some(ca) = &cfg.psp_ca {
+        match paystream_payment::psp::extra_roots(ca) {
+            Ok(roots) => http = http.tls_certs_merge(roots),
+            // The payment service refuses to start on it; a reconciler alone says so and goes on
+            // (a drop directory needs no download).
+            Err(e) => {
+                tracing::error!(error = %e, "settlement downloads will not trust PAYSTREAM_PSP_CA")
+            }
+        }
+    }
     Reconciler {
         db,
-        http: reqwest::Client::builder()
-            .connect_timeout(cfg.psp_connect_timeout)
-            .build()
-            .unwrap_or_default(),
+        http: http.build().unwrap_or_default(),
         psp_url: psp_url.or_else(|| cfg.psp_url.clone()).or_else(|| {
             let scheme = if cfg.psp_sim_tls_cert.is_some() {
                 "https"
