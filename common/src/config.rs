@@ -188,6 +188,16 @@ pub struct Config {
     /// A NATS creds file (JWT + nkey seed), instead of user and password.
     #[arg(long, env = "PAYSTREAM_NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
+    /// A NATS CLI context (`~/.config/nats/context/NAME.json`, or a path to such a file): its
+    /// url, user and password or creds, and ca are used where the PAYSTREAM_NATS_* settings
+    /// leave them unset. `up` writes one per role under `<data dir>/nats/context`.
+    #[arg(
+        long = "context",
+        env = "NATS_CONTEXT",
+        value_name = "NAME",
+        global = true
+    )]
+    pub nats_context: Option<String>,
     /// PEM file of the CA that signed the NATS server's certificate; when set, TLS is required.
     #[arg(long, env = "PAYSTREAM_NATS_TLS_CA", global = true)]
     pub nats_tls_ca: Option<PathBuf>,
@@ -410,6 +420,24 @@ pub fn parse_requests_per_s(s: &str) -> Result<f64, String> {
 /// Parses an IANA time zone name.
 pub fn parse_time_zone(s: &str) -> Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(s).map_err(|e| format!("{s:?}: not a known time zone: {e}"))
+}
+
+/// Where the NATS CLI keeps the context `name`: `$XDG_CONFIG_HOME/nats/context/<name>.json`
+/// (`~/.config` when unset), as the `nats` CLI reads it; a name holding a `/` or ending in
+/// `.json` is taken for the file's path.
+pub fn nats_context_path(name: &str) -> PathBuf {
+    if name.contains('/') || name.ends_with(".json") {
+        return PathBuf::from(name);
+    }
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from(".config"));
+    config_home
+        .join("nats")
+        .join("context")
+        .join(format!("{name}.json"))
 }
 
 impl Config {

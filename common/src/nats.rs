@@ -26,8 +26,11 @@ pub enum Role {
     Service,
     /// `pay`, `cancel`: publish on the ingress subjects.
     Checkout,
-    /// The operator commands that go through the `paystream.>` endpoints.
+    /// The operator actions that go through the `paystream.>` endpoints (redrive, purge,
+    /// recon run).
     Operator,
+    /// The read-only queries (status, balance, ledger check, dlq list/show, recon report, audit).
+    Viewer,
 }
 
 impl Role {
@@ -36,6 +39,7 @@ impl Role {
             Self::Service => "paystream",
             Self::Checkout => "checkout",
             Self::Operator => "operator",
+            Self::Viewer => "viewer",
         }
     }
 }
@@ -56,6 +60,11 @@ pub enum ConnectError {
         path: String,
         source: std::io::Error,
     },
+    #[error("NATS context {path}: {source}")]
+    Context {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("reading NATS credentials {path}: {source}")]
     Credentials {
         path: String,
@@ -66,7 +75,9 @@ pub enum ConnectError {
          PAYSTREAM_NATS_USER/PAYSTREAM_NATS_PASSWORD or PAYSTREAM_NATS_CREDS"
     )]
     Refused { url: String, who: String },
-    #[error("TLS to NATS at {url} failed (check PAYSTREAM_NATS_TLS_CA): {detail}")]
+    #[error(
+        "TLS to NATS at {url} failed (check PAYSTREAM_NATS_TLS_CA or the context's ca): {detail}"
+    )]
     Tls { url: String, detail: String },
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
@@ -83,10 +94,52 @@ impl ConnectError {
     }
 }
 
-/// The URL in force: `PAYSTREAM_NATS_URL`, or the one `up` wrote into the data dir.
+/// The part of a NATS CLI context (`~/.config/nats/context/<name>.json`, as `nats context save`
+/// writes it) that paystream uses; the other fields are the CLI's own.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct NatsContext {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub creds: String,
+    pub ca: String,
+}
+
+impl NatsContext {
+    /// The context `--context`/`NATS_CONTEXT` names, if one does.
+    pub fn selected(cfg: &Config) -> Result<Option<Self>, ConnectError> {
+        let Some(name) = &cfg.nats_context else {
+            return Ok(None);
+        };
+        let path = crate::config::nats_context_path(name);
+        let error = |source| ConnectError::Context {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = std::fs::read_to_string(&path).map_err(error)?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| error(std::io::Error::other(e)))
+    }
+}
+
+/// Some non-empty text.
+fn given(s: &str) -> Option<&str> {
+    Some(s.trim()).filter(|s| !s.is_empty())
+}
+
+/// The URL in force: `PAYSTREAM_NATS_URL`, the selected NATS context's, or the one `up` wrote
+/// into the data dir.
 pub fn resolve_url(cfg: &Config) -> Result<String, ConnectError> {
     if let Some(url) = &cfg.nats_url {
         return Ok(url.clone());
+    }
+    if let Some(url) = NatsContext::selected(cfg)?
+        .as_ref()
+        .and_then(|c| given(&c.url))
+    {
+        return Ok(url.to_owned());
     }
     let file = cfg.nats_url_file();
     std::fs::read_to_string(&file)
@@ -110,7 +163,7 @@ pub enum Auth {
 
 impl Auth {
     /// For messages: never the password.
-    fn who(&self) -> String {
+    pub fn who(&self) -> String {
         match self {
             Self::Anonymous => "an anonymous client".into(),
             Self::UserPassword { user, .. } => format!("user {user:?}"),
@@ -120,9 +173,9 @@ impl Auth {
 }
 
 /// The credentials in force for `role`: `PAYSTREAM_NATS_CREDS`, else `PAYSTREAM_NATS_USER` and
-/// `PAYSTREAM_NATS_PASSWORD` (or the file `PAYSTREAM_NATS_PASSWORD_FILE`), else — when the server
-/// is `up`'s embedded one, found through the data dir — the role's user from the passwords `up`
-/// generated; else none.
+/// `PAYSTREAM_NATS_PASSWORD` (or the file `PAYSTREAM_NATS_PASSWORD_FILE`), else the selected NATS
+/// context's creds file or user and password, else — when the server is `up`'s embedded one,
+/// found through the data dir — the role's user from the passwords `up` generated; else none.
 pub fn resolve_auth(cfg: &Config, role: Role) -> Result<Auth, ConnectError> {
     if let Some(path) = &cfg.nats_creds {
         return Ok(Auth::Creds(path.clone()));
@@ -138,7 +191,20 @@ pub fn resolve_auth(cfg: &Config, role: Role) -> Result<Auth, ConnectError> {
             password,
         });
     }
-    if cfg.nats_url.is_none() {
+    let context = NatsContext::selected(cfg)?;
+    if let Some(ctx) = &context {
+        if let Some(creds) = given(&ctx.creds) {
+            return Ok(Auth::Creds(creds.into()));
+        }
+        if let Some(user) = given(&ctx.user) {
+            return Ok(Auth::UserPassword {
+                user: user.to_owned(),
+                password: Secret(ctx.password.clone()),
+            });
+        }
+    }
+    let context_url = context.as_ref().and_then(|c| given(&c.url)).is_some();
+    if cfg.nats_url.is_none() && !context_url {
         let file = cfg.nats_users_file();
         if let Ok(text) = std::fs::read_to_string(&file) {
             let users: BTreeMap<String, String> =
@@ -375,7 +441,13 @@ async fn connect_once(
                     })?;
         }
     }
-    if let Some(ca) = &cfg.nats_tls_ca {
+    let context_ca = match &cfg.nats_tls_ca {
+        Some(_) => None,
+        None => {
+            NatsContext::selected(cfg)?.and_then(|c| given(&c.ca).map(std::path::PathBuf::from))
+        }
+    };
+    if let Some(ca) = cfg.nats_tls_ca.as_ref().or(context_ca.as_ref()) {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
     let servers: Vec<&str> = url.split(',').map(str::trim).collect();

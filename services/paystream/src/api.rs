@@ -112,6 +112,12 @@ struct ConsumerQuery {
 }
 
 #[derive(Deserialize)]
+struct AuditQuery {
+    /// At most this many of the newest entries (default and ceiling 1000).
+    limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct IdQuery {
     id: u64,
 }
@@ -319,10 +325,11 @@ pub async fn start(
     tasks.spawn(serve(
         root.endpoint("audit").await?,
         shutdown.clone(),
-        move |_| {
+        move |p| {
             let d = d.clone();
             async move {
-                let trail = crate::audit::list(&d, 1000).await.map_err(|e| ApiError {
+                let limit = body::<AuditQuery>(&p)?.limit.unwrap_or(1000).min(1000);
+                let trail = crate::audit::list(&d, limit).await.map_err(|e| ApiError {
                     code: 500,
                     status: e.to_string(),
                 })?;

@@ -281,6 +281,9 @@ async fn start_parts(
             .with_context(|| format!("writing {}", cfg.nats_url_file().display()))?;
         tracing::info!(%url, "embedded nats-server started");
         cfg.nats_url = Some(url);
+        // The services speak to their own server as its `paystream` user, whatever NATS CLI
+        // context the shell has selected.
+        cfg.nats_context = None;
         nats_server = Some(server);
     }
 

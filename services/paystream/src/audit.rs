@@ -54,7 +54,7 @@ pub async fn count(db: &DatabaseConnection, action: &str) -> Result<u64, DbErr> 
 }
 
 /// One audit row as `paystream audit --json` prints it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
     pub at: String,
     pub actor: String,

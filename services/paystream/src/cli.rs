@@ -137,9 +137,14 @@ pub enum ReconCommand {
         /// The settlement day, YYYY-MM-DD (UTC).
         #[arg(long)]
         date: String,
-        /// A settlement file to use instead of the drop directory's or the PSP's.
+        /// A settlement file to use instead of the drop directory's or the PSP's. Through the
+        /// service: a file name in its PAYSTREAM_RECON_DROP_DIR; with `--direct`: any path here.
         #[arg(long)]
         file: Option<String>,
+        /// Reconcile here with the services' database (DATABASE_URL) and PSP access, audited as
+        /// PAYSTREAM_ACTOR, instead of asking the `paystream.recon.run` endpoint.
+        #[arg(long)]
+        direct: bool,
         #[arg(long)]
         json: bool,
     },

@@ -47,7 +47,7 @@ pub(crate) struct Advisory {
     pub timestamp: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// DEAD_LETTERS sequence.
     pub id: u64,

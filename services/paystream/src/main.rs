@@ -7,13 +7,16 @@ use clap::Parser;
 use paystream::app::{self, Parts};
 use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, ReconCommand, Service};
 use paystream::dlq::{self, Selection};
+use paystream::operator::{self, ServiceClient};
 use paystream::output::emit;
 use paystream::{client, queries};
 use paystream_common::config::Config;
 use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
 use paystream_common::ingress::{CancelRequest, PaymentRequest};
 use paystream_common::money::{Amount, Currency};
+use paystream_common::nats::Role;
 use paystream_common::{db, nats, telemetry};
+use serde_json::json;
 
 fn main() -> ExitCode {
     paystream_common::tls::install_crypto_provider();
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
@@ -55,9 +58,24 @@ async fn unless_refused<T>(
 }
 
 /// A usage error found after parsing (a value clap cannot check): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
-    eprintln!("error: {msg}");
-    Ok(ExitCode::from(2))
+    Err(Usage(msg.to_string()).into())
+}
+
+/// Exit 2 for a usage error (found here, or a request the service refused as malformed), else 1.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let bad_request = e
+        .downcast_ref::<operator::ServiceError>()
+        .is_some_and(operator::ServiceError::is_bad_request);
+    if e.is::<Usage>() || bad_request {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -159,37 +177,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(json, &receipt, || receipt.table());
         }
         Command::Status { payment_id, json } => {
-            let conn = db::connect(&cfg.database_url()).await?;
-            match queries::status(&conn, &payment_id).await {
-                Ok(s) => emit(json, &s, || s.table()),
-                Err(queries::QueryError::BadInput(e)) => return usage(e),
-                Err(e) => return Err(e.into()),
-            }
+            PaymentId::parse(&payment_id).map_err(|e| Usage(format!("payment_id: {e}")))?;
+            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let answer = svc
+                .query("paystream.status", &json!({ "payment_id": payment_id }))
+                .await?;
+            let status: queries::Status = serde_json::from_value(answer.clone())?;
+            emit(json, &answer, || status.table());
         }
         Command::Balance { merchant_id, json } => {
-            let conn = db::connect(&cfg.database_url()).await?;
-            match queries::balance(&conn, &merchant_id).await {
-                Ok(b) => emit(json, &b, || b.table()),
-                Err(queries::QueryError::BadInput(e)) => return usage(e),
-                Err(e) => return Err(e.into()),
-            }
+            MerchantId::parse(&merchant_id).map_err(|e| Usage(format!("merchant_id: {e}")))?;
+            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let answer = svc
+                .query("paystream.balance", &json!({ "merchant_id": merchant_id }))
+                .await?;
+            let balance: queries::Balance = serde_json::from_value(answer.clone())?;
+            emit(json, &answer, || balance.table());
         }
         Command::Ledger {
             command: LedgerCommand::Check { json },
         } => {
-            let conn = db::connect(&cfg.database_url()).await?;
-            let report = queries::ledger_check(&conn).await?;
-            emit(json, &report, || queries::ledger_check_table(&report));
+            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let answer = svc.query("paystream.ledger.check", &json!({})).await?;
+            let report: paystream_ledger::check::Report = serde_json::from_value(answer.clone())?;
+            emit(json, &answer, || queries::ledger_check_table(&report));
             if !report.ok {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Dlq { command } => return run_dlq(&cfg, command).await,
-        Command::Recon { command } => return run_recon(&cfg, command).await,
+        Command::Dlq { command } => run_dlq(&cfg, command).await?,
+        Command::Recon { command } => run_recon(&cfg, command).await?,
         Command::Audit { limit, json } => {
-            let conn = db::connect(&cfg.database_url()).await?;
-            let entries = paystream::audit::list(&conn, limit).await?;
-            emit(json, &entries, || paystream::audit::table(&entries));
+            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let answer = svc
+                .query("paystream.audit", &json!({ "limit": limit }))
+                .await?;
+            let entries: Vec<paystream::audit::AuditEntry> =
+                serde_json::from_value(answer.clone())?;
+            emit(json, &answer, || paystream::audit::table(&entries));
         }
         Command::Bench {
             payments,
@@ -224,116 +249,136 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `dlq redrive|purge` without `--direct`: through the operator endpoint, as the operator user.
-async fn dlq_over_nats(
-    cfg: &Config,
-    subject: &str,
-    ids: Vec<u64>,
-    all: bool,
-    consumer: Option<String>,
-) -> anyhow::Result<serde_json::Value> {
-    let (client, errors) =
-        nats::connect_as(cfg, "paystream-cli", nats::Role::Operator, false).await?;
-    let body = if all {
-        serde_json::json!({ "all": true, "consumer": consumer })
+/// The body of a `paystream.dlq.redrive|purge` request.
+fn selection_body(ids: &[u64], all: bool, consumer: Option<&str>) -> serde_json::Value {
+    if all {
+        json!({ "all": true, "consumer": consumer })
     } else {
-        serde_json::json!({ "ids": ids })
-    };
-    Ok(paystream::operator::request(&client, &errors, subject, &body).await?)
+        json!({ "ids": ids })
+    }
 }
 
-async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        DlqCommand::Redrive {
-            ids,
-            all,
-            consumer,
-            direct: false,
-            json,
-        } => {
-            let out = dlq_over_nats(cfg, "paystream.dlq.redrive", ids, all, consumer).await?;
-            emit(json, &out, || format!("redriven: {}\n", out["redriven"]));
-            return Ok(ExitCode::SUCCESS);
-        }
-        DlqCommand::Purge {
-            ids,
-            all,
-            consumer,
-            direct: false,
-            json,
-        } => {
-            let out = dlq_over_nats(cfg, "paystream.dlq.purge", ids, all, consumer).await?;
-            emit(json, &out, || format!("purged: {}\n", out["purged"]));
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => {}
-    }
-    let js = nats::jetstream(nats::connect(cfg, "paystream-cli", false).await?);
-    let conn = db::connect(&cfg.database_url()).await?;
-    let selection = |ids: Vec<u64>, all: bool, consumer: Option<String>| {
-        if all {
-            Selection::All { consumer }
-        } else {
-            Selection::Ids(ids)
-        }
-    };
+async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { consumer, json } => {
-            let entries = dlq::list(&js, Some(&conn), consumer.as_deref()).await?;
-            emit(json, &entries, || dlq::list_table(&entries));
+            let svc = ServiceClient::connect(cfg, Role::Viewer).await?;
+            let answer = svc
+                .query("paystream.dlq.list", &json!({ "consumer": consumer }))
+                .await?;
+            let entries: Vec<dlq::DeadLetter> = serde_json::from_value(answer.clone())?;
+            emit(json, &answer, || dlq::list_table(&entries));
         }
         DlqCommand::Show { id, json } => {
-            let d = dlq::show(&js, Some(&conn), id).await?;
-            emit(json, &d, || {
-                serde_json::to_string_pretty(&d).unwrap_or_default() + "\n"
+            let svc = ServiceClient::connect(cfg, Role::Viewer).await?;
+            let answer = svc
+                .query("paystream.dlq.show", &json!({ "id": id }))
+                .await?;
+            emit(json, &answer, || {
+                serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n"
             });
         }
         DlqCommand::Redrive {
             ids,
             all,
             consumer,
+            direct,
             json,
-            ..
         } => {
-            let n = dlq::redrive(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?;
-            let out = serde_json::json!({ "redriven": n });
-            emit(json, &out, || format!("redriven: {n}\n"));
+            let n = if direct {
+                let (js, conn) = direct_access(cfg).await?;
+                dlq::redrive(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?
+            } else {
+                let svc = ServiceClient::connect(cfg, Role::Operator).await?;
+                let body = selection_body(&ids, all, consumer.as_deref());
+                let answer = svc
+                    .call("paystream.dlq.redrive", &body, operator::ACTION_TIMEOUT)
+                    .await?;
+                answer["redriven"].as_u64().unwrap_or_default()
+            };
+            emit(json, &json!({ "redriven": n }), || {
+                format!("redriven: {n}\n")
+            });
         }
         DlqCommand::Purge {
             ids,
             all,
             consumer,
+            direct,
             json,
-            ..
         } => {
-            let n = dlq::purge(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?;
-            let out = serde_json::json!({ "purged": n });
-            emit(json, &out, || format!("purged: {n}\n"));
+            let n = if direct {
+                let (js, conn) = direct_access(cfg).await?;
+                dlq::purge(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?
+            } else {
+                let svc = ServiceClient::connect(cfg, Role::Operator).await?;
+                let body = selection_body(&ids, all, consumer.as_deref());
+                let answer = svc
+                    .call("paystream.dlq.purge", &body, operator::ACTION_TIMEOUT)
+                    .await?;
+                answer["purged"].as_u64().unwrap_or_default()
+            };
+            emit(json, &json!({ "purged": n }), || format!("purged: {n}\n"));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn run_recon(cfg: &Config, command: ReconCommand) -> anyhow::Result<ExitCode> {
-    use paystream::recon;
-    use paystream_reconciler::ReconError;
-    let (_trigger, stop) = paystream_common::shutdown::channel();
-    let conn = app::connect_db(cfg, stop).await?;
-    let result = match command {
-        ReconCommand::Run { date, file, json } => {
-            let rec = recon::reconciler(cfg, conn, None);
-            recon::run(&rec, &date, file.as_deref(), &cfg.actor)
-                .await
-                .map(|r| (r, json))
-        }
-        ReconCommand::Report { date, json } => recon::report(&conn, &date).await.map(|r| (r, json)),
-    };
-    match result {
-        Ok((report, json)) => emit(json, &report, || recon::table(&report)),
-        Err(e @ ReconError::BadDate(_)) => return usage(e),
-        Err(e) => return Err(e.into()),
+fn selection(ids: Vec<u64>, all: bool, consumer: Option<String>) -> Selection {
+    if all {
+        Selection::All { consumer }
+    } else {
+        Selection::Ids(ids)
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `--direct`: the services' own NATS user and database, for when no paystream service runs.
+async fn direct_access(
+    cfg: &Config,
+) -> anyhow::Result<(async_nats::jetstream::Context, sea_orm::DatabaseConnection)> {
+    let js = nats::jetstream(nats::connect(cfg, "paystream-cli", false).await?);
+    Ok((js, db::connect(&cfg.database_url()).await?))
+}
+
+async fn run_recon(cfg: &Config, command: ReconCommand) -> anyhow::Result<()> {
+    use paystream::recon;
+    let date = match &command {
+        ReconCommand::Run { date, .. } | ReconCommand::Report { date, .. } => date,
+    };
+    paystream_reconciler::parse_date(date).map_err(|e| Usage(e.to_string()))?;
+    let (answer, json) = match command {
+        ReconCommand::Run {
+            date,
+            file,
+            direct: true,
+            json,
+        } => {
+            let (_trigger, stop) = paystream_common::shutdown::channel();
+            let conn = app::connect_db(cfg, stop).await?;
+            let rec = recon::reconciler(cfg, conn, None);
+            let report = recon::run(&rec, &date, file.as_deref(), &cfg.actor).await?;
+            (serde_json::to_value(report)?, json)
+        }
+        ReconCommand::Run {
+            date, file, json, ..
+        } => {
+            let svc = ServiceClient::connect(cfg, Role::Operator).await?;
+            let body = json!({ "date": date, "file": file });
+            let answer = svc
+                .call("paystream.recon.run", &body, operator::ACTION_TIMEOUT)
+                .await?;
+            (answer, json)
+        }
+        ReconCommand::Report { date, json } => {
+            let svc = ServiceClient::connect(cfg, Role::Viewer).await?;
+            let answer = svc
+                .query("paystream.recon.report", &json!({ "date": date }))
+                .await?;
+            (answer, json)
+        }
+    };
+    let report: paystream_reconciler::report::Report = serde_json::from_value(answer.clone())?;
+    emit(json, &answer, || recon::table(&report));
+    Ok(())
 }
 
 fn build_payment(

@@ -7,7 +7,7 @@ use paystream_common::ids::{MerchantId, PaymentId};
 use paystream_common::time::rfc3339_ms;
 use paystream_ledger::check::{self, Report};
 use sea_orm::{DatabaseConnection, DbErr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -19,14 +19,14 @@ pub enum QueryError {
     Db(#[from] DbErr),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub state: String,
     pub at: String,
     pub cause: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub payment_id: String,
     pub buyer_id: String,
@@ -103,7 +103,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Balance {
     pub merchant_id: String,
     pub balances: BTreeMap<String, i64>,

@@ -159,14 +159,14 @@ impl Env {
 }
 
 /// One integer from a query.
-/// Runs the `paystream` binary against `env` (its NATS, database and data dir, plus `extra`
-/// variables) and returns its exit code, stdout and stderr.
+/// Runs the `paystream` binary against `env` (its NATS and data dir, plus `extra` variables;
+/// no database: the commands ask the running service) and returns its exit code, stdout and
+/// stderr.
 pub fn run_cli(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args(args)
         .env_clear()
         .env("PAYSTREAM_NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
         .env("PAYSTREAM_DATA_DIR", env.data.path())
         .envs(extra.iter().copied())
         .output()

@@ -14,6 +14,7 @@ mod happy;
 mod health;
 mod helpers;
 mod nats_restart;
+mod operator_cli;
 mod ops;
 mod ordering;
 mod real_psp;

@@ -156,6 +156,7 @@ async fn rows_in_bounded_memory(rows: u128) {
             DAY,
             "--file",
             path.to_str().unwrap(),
+            "--direct",
             "--json",
         ])
         .env_clear()

@@ -236,7 +236,7 @@ async fn operators_act_and_are_audited_viewers_only_look() {
     assert!(!out.status.success(), "viewer's purge fails");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("refused this user"),
+        stderr.contains("NATS refused user \"viewer\" on paystream.dlq.purge"),
         "the cause is named: {stderr}"
     );
 
