@@ -6,22 +6,71 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+/// Parses a duration in jiff's friendly format — `250ms`, `1.5s`, `1h30m`, `2 minutes` — or
+/// ISO 8601 (`PT1H30M`); a bare whole number is seconds. Negative or overflowing durations are
+/// refused. (The value itself is not repeated in the error: clap names it and where it came
+/// from.)
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected e.g. 500ms, 5s, 2m, 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    let text = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{s}s")
+    } else {
+        s.to_owned()
     };
-    Ok(d)
+    let signed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{e} (expected e.g. 250ms, 1.5s, 1h30m)"))?;
+    Duration::try_from(signed).map_err(|_| "a duration cannot be negative".to_owned())
+}
+
+/// A value clap refused, restated with where it came from: when the flag was not on the command
+/// line the value came from its environment variable, and the message names that variable
+/// instead of the flag a person never typed. `None` when the error is not about a value or the
+/// flag was given.
+pub fn name_the_source(err: &clap::Error, cmd: &clap::Command, args: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let flag = format!("--{long}");
+    if args
+        .iter()
+        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+    {
+        return None;
+    }
+    let env = env_of(cmd, long)?;
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let cause = match (
+        std::error::Error::source(err),
+        err.get(ContextKind::ValidValue),
+    ) {
+        (Some(cause), _) => cause.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => "not accepted".to_owned(),
+    };
+    Some(format!("invalid value '{value}' for {env}: {cause}"))
+}
+
+/// The environment variable of the flag `--long` in `cmd` or any of its subcommands.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|c| env_of(c, long)))
 }
 
 /// A retry schedule such as `1s,5s,30s,2m`: delay before delivery n+1 is entry n (the last entry
@@ -378,9 +427,7 @@ impl LogFormat {
         match s {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            _ => Err(format!(
-                "PAYSTREAM_LOG_FORMAT: {s:?} is neither text nor json"
-            )),
+            _ => Err("expected text or json".to_owned()),
         }
     }
 }
@@ -484,13 +531,59 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2 minutes"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("PT10S"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
+        // Read as 40 s by the hand-written parser of old (the minutes wrapped around u64).
+        assert!(parse_duration("6148914691236517206m").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
         let b = Backoff::parse("1s,5s,30s,2m").unwrap();
         assert_eq!(b.delay_after(1), Duration::from_secs(1));
         assert_eq!(b.delay_after(4), Duration::from_secs(120));
         assert_eq!(b.delay_after(40), Duration::from_secs(120));
         assert!(Backoff::parse("0s").is_err());
+    }
+
+    /// A command with one duration flag backed by a variable that only this test sets.
+    fn duration_command() -> clap::Command {
+        clap::Command::new("paystream").arg(
+            clap::Arg::new("psp_timeout")
+                .long("psp-timeout")
+                .env("PAYSTREAM_TEST_ONLY_PSP_TIMEOUT")
+                .value_parser(parse_duration),
+        )
+    }
+
+    #[test]
+    fn a_refused_value_names_the_variable_or_the_flag_it_came_from() {
+        let overflow = "6148914691236517206m";
+        let args = ["paystream".to_owned(), format!("--psp-timeout={overflow}")];
+        let err = duration_command().try_get_matches_from(&args).unwrap_err();
+        assert_eq!(
+            name_the_source(&err, &duration_command(), &args),
+            None,
+            "given as a flag: clap's own message, which names the flag"
+        );
+        assert!(err.to_string().contains("--psp-timeout"), "{err}");
+
+        // SAFETY: no other test reads or writes this variable.
+        unsafe { std::env::set_var("PAYSTREAM_TEST_ONLY_PSP_TIMEOUT", overflow) };
+        let args = ["paystream".to_owned()];
+        let err = duration_command().try_get_matches_from(&args).unwrap_err();
+        let msg = name_the_source(&err, &duration_command(), &args).expect("from the environment");
+        assert!(
+            msg.starts_with(&format!(
+                "invalid value '{overflow}' for PAYSTREAM_TEST_ONLY_PSP_TIMEOUT: "
+            )),
+            "{msg}"
+        );
+        assert!(!msg.contains("--psp-timeout"), "{msg}");
+        assert_eq!(msg.matches(overflow).count(), 1, "the value once: {msg}");
     }
 
     #[test]
@@ -552,7 +645,7 @@ mod tests {
         let err = Config::load_from(["paystream", "--log-format=xml"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("PAYSTREAM_LOG_FORMAT"), "{err}");
+        assert!(err.contains("--log-format"), "{err}");
     }
 
     #[test]

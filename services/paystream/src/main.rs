@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use paystream::app::{self, Parts};
 use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, ReconCommand, Service};
 use paystream::dlq::{self, Selection};
@@ -20,7 +20,22 @@ use serde_json::json;
 
 fn main() -> ExitCode {
     paystream_common::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match paystream_common::config::name_the_source(
+            &e,
+            &Cli::command(),
+            &std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        ) {
+            Some(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let long_running = matches!(
         cli.command,
         Command::Up | Command::Serve { .. } | Command::PspSim
@@ -39,7 +54,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprint!("{}", paystream::output::error_report(&e));
             exit_code(&e)
         }
     }

@@ -45,3 +45,70 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// An error and its causes, one per line — `error: top` then `  caused by: …` — each said once:
+/// a message that ends with its cause's text (thiserror's `{source}`) is cut before it, and a
+/// cause already spelled out inside the message above it is not repeated.
+pub fn error_report(e: &anyhow::Error) -> String {
+    let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+    let mut lines: Vec<&str> = Vec::new();
+    for (i, msg) in chain.iter().enumerate() {
+        let repeated = i > 0 && {
+            let above = &chain[i - 1];
+            above.contains(msg.as_str()) && !above.ends_with(msg.as_str())
+        };
+        let own = match chain.get(i + 1) {
+            Some(cause) => msg
+                .strip_suffix(cause.as_str())
+                .map_or(msg.as_str(), |head| {
+                    head.trim_end_matches([':', ' ', ';', ','])
+                }),
+            None => msg.as_str(),
+        };
+        if !repeated && !own.is_empty() {
+            lines.push(own);
+        }
+    }
+    let mut out = format!("error: {}\n", lines.first().copied().unwrap_or(&chain[0]));
+    for cause in lines.iter().skip(1) {
+        out.push_str(&format!("  caused by: {cause}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connecting to NATS at nats://x:1: {source}")]
+    struct Connect {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the payment service")]
+    struct Start(#[source] Connect);
+
+    #[test]
+    fn one_cause_per_line_each_said_once() {
+        let io = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(Start(Connect { source: io }));
+        assert_eq!(
+            error_report(&e),
+            "error: starting the payment service\n  caused by: connecting to NATS at nats://x:1\n  caused by: connection refused\n"
+        );
+        let e = anyhow::anyhow!("no paystream service answered paystream.status");
+        assert_eq!(
+            error_report(&e),
+            "error: no paystream service answered paystream.status\n"
+        );
+        // A context whose text already holds the cause: the cause is not printed again.
+        let e = anyhow::Error::new(std::io::Error::other("disk full"))
+            .context("writing data/nats.url: disk full (is the volume mounted?)");
+        assert_eq!(
+            error_report(&e),
+            "error: writing data/nats.url: disk full (is the volume mounted?)\n"
+        );
+    }
+}

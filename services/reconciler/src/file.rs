@@ -35,7 +35,7 @@ pub async fn download(
     if let Some(key) = api_key {
         req = req.bearer_auth(key);
     }
-    let mut resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+    let mut resp = req.send().await.map_err(|e| fail(with_causes(&e)))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));
     }
@@ -48,7 +48,7 @@ pub async fn download(
         let chunk = tokio::time::timeout(CHUNK_TIMEOUT, resp.chunk())
             .await
             .map_err(|_| fail(format!("no data for {CHUNK_TIMEOUT:?}")))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(with_causes(&e)))?;
         let Some(chunk) = chunk else { break };
         written += chunk.len() as u64;
         if written > FILE_BYTES_MAX {
@@ -61,6 +61,22 @@ pub async fn download(
     drop(out);
     tokio::fs::rename(&part, &path).await?;
     Ok(path)
+}
+
+/// An error with its causes, `: `-separated: reqwest's own text ("error sending request for
+/// url …") hides why (a refused connection, an untrusted certificate), and this error travels
+/// as text (in the report, over NATS), so the causes are spelled out once here.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// One line of the file: its text, or why it could not be read.
@@ -119,6 +135,34 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_download_says_why() {
+        paystream_common::tls::install_crypto_provider();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = download(
+            &reqwest::Client::new(),
+            &url,
+            None,
+            "2026-11-30",
+            dir.path(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "fetching the settlement file: {url}/v1/settlements/2026-11-30: "
+            )),
+            "{err}"
+        );
+        assert!(err.to_lowercase().contains("refused"), "the cause: {err}");
+    }
 
     #[tokio::test]
     async fn lines_are_bounded() {
