@@ -185,42 +185,45 @@ impl std::str::FromStr for DatabaseUrl {
     }
 }
 
+/// What every command needs: where NATS is and who the caller is on it, the data dir (where
+/// `up` leaves its NATS URL, passwords and contexts) and the log format. The binary reads these
+/// for every subcommand; the services' settings are in [`Config`].
 #[derive(clap::Args, Clone, Debug)]
-pub struct Config {
+pub struct ClientConfig {
     /// NATS server(s), comma-separated. Unset: `up` starts its own nats-server and the client
     /// commands find it through `<data dir>/nats.url`.
-    #[arg(long, env = "PAYSTREAM_NATS_URL", global = true)]
-    pub nats_url: Option<String>,
-    /// `sqlite://…` or `postgres://…`. Unset: `<data dir>/paystream.sqlite`.
-    #[arg(long, env = "DATABASE_URL", global = true)]
-    pub database_url: Option<DatabaseUrl>,
-    /// SQLite file, reports, the embedded NATS store.
     #[arg(
+        global = true,
+        help_heading = "NATS connection",
+        long,
+        env = "PAYSTREAM_NATS_URL"
+    )]
+    pub nats_url: Option<String>,
+    /// Where `up` keeps its NATS URL, passwords and contexts (found there by the other commands),
+    /// its SQLite file, reports and embedded NATS store.
+    #[arg(
+        global = true,
+        help_heading = "Storage",
         long,
         env = "PAYSTREAM_DATA_DIR",
-        default_value = "./data",
-        global = true
+        default_value = "./data"
     )]
     pub data_dir: PathBuf,
-    /// Where `/metrics`, `/livez` and `/readyz` are served (long-running commands only).
-    #[arg(
-        long,
-        env = "PAYSTREAM_HTTP_ADDR",
-        default_value = "127.0.0.1:9464",
-        global = true
-    )]
-    pub http_addr: SocketAddr,
-    /// PSP base URL. When set, `up` starts no simulator.
-    #[arg(long, env = "PAYSTREAM_PSP_URL", global = true)]
-    pub psp_url: Option<String>,
     /// NATS user name (with `PAYSTREAM_NATS_PASSWORD`). Unset, with `up`'s embedded server: the
     /// user for the command's role, from `<data dir>/nats-users.json`.
-    #[arg(long, env = "PAYSTREAM_NATS_USER", global = true)]
-    pub nats_user: Option<String>,
     #[arg(
+        global = true,
+        help_heading = "NATS connection",
+        long,
+        env = "PAYSTREAM_NATS_USER"
+    )]
+    pub nats_user: Option<String>,
+    /// Password of PAYSTREAM_NATS_USER.
+    #[arg(
+        global = true,
+        help_heading = "NATS connection",
         long,
         env = "PAYSTREAM_NATS_PASSWORD",
-        global = true,
         hide_env_values = true
     )]
     pub nats_password: Option<Secret>,
@@ -228,191 +231,263 @@ pub struct Config {
     /// `/run/secrets/nats_paystream_password`), instead of `PAYSTREAM_NATS_PASSWORD`; read when
     /// connecting, without its trailing newline.
     #[arg(
+        global = true,
+        help_heading = "NATS connection",
         long,
         env = "PAYSTREAM_NATS_PASSWORD_FILE",
-        global = true,
         conflicts_with = "nats_password"
     )]
     pub nats_password_file: Option<PathBuf>,
     /// A NATS creds file (JWT + nkey seed), instead of user and password.
-    #[arg(long, env = "PAYSTREAM_NATS_CREDS", global = true)]
+    #[arg(
+        global = true,
+        help_heading = "NATS connection",
+        long,
+        env = "PAYSTREAM_NATS_CREDS"
+    )]
     pub nats_creds: Option<PathBuf>,
     /// A NATS CLI context (`~/.config/nats/context/NAME.json`, or a path to such a file): its
     /// url, user and password or creds, and ca are used where the PAYSTREAM_NATS_* settings
-    /// leave them unset. `up` writes one per role under `<data dir>/nats/context`.
+    /// leave them unset. `up` writes one per role.
     #[arg(
+        global = true,
+        help_heading = "NATS connection",
         long = "context",
         env = "NATS_CONTEXT",
-        value_name = "NAME",
-        global = true
+        value_name = "NAME"
     )]
     pub nats_context: Option<String>,
     /// PEM file of the CA that signed the NATS server's certificate; when set, TLS is required.
-    #[arg(long, env = "PAYSTREAM_NATS_TLS_CA", global = true)]
+    #[arg(
+        global = true,
+        help_heading = "NATS connection",
+        long,
+        env = "PAYSTREAM_NATS_TLS_CA"
+    )]
     pub nats_tls_ca: Option<PathBuf>,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
+    #[arg(global = true, help_heading = "Logging", long, env = "PAYSTREAM_LOG_FORMAT", default_value = "text", value_parser = LogFormat::parse)]
+    pub log_format: LogFormat,
+}
+
+/// The services' configuration (`up`, `serve`, `psp-sim`, `migrate`, `bench`, and `--direct`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// The connection settings every command shares; the binary parses them once for all
+    /// subcommands and puts them here.
+    #[arg(skip = ClientConfig::default())]
+    pub client: ClientConfig,
+    /// `sqlite://…` or `postgres://…`. Unset: `<data dir>/paystream.sqlite`.
+    #[arg(help_heading = "Storage", long, env = "DATABASE_URL")]
+    pub database_url: Option<DatabaseUrl>,
+    /// Where `/metrics`, `/livez` and `/readyz` are served (long-running commands only).
+    #[arg(
+        help_heading = "Service",
+        long,
+        env = "PAYSTREAM_HTTP_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub http_addr: SocketAddr,
+    /// PSP base URL. When set, `up` starts no simulator.
+    #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_URL")]
+    pub psp_url: Option<String>,
     /// Sent as `Authorization: Bearer …` to the PSP.
     #[arg(
+        help_heading = "PSP",
         long,
         env = "PAYSTREAM_PSP_API_KEY",
-        global = true,
         hide_env_values = true
     )]
     pub psp_api_key: Option<Secret>,
     /// Gives up on a PSP call after this long; the payment becomes UNKNOWN, never FAILURE.
-    #[arg(long, env = "PAYSTREAM_PSP_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub psp_timeout: Duration,
     /// Connection set-up bound for PSP calls.
-    #[arg(long, env = "PAYSTREAM_PSP_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
+    #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub psp_connect_timeout: Duration,
     /// PSP calls in flight at once per payment service instance (charges, refunds and the
     /// sweeper's lookups together). Throughput is bounded by this ÷ the PSP's latency.
-    #[arg(long, env = "PAYSTREAM_PSP_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096), global = true)]
+    #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub psp_concurrency: u16,
     /// Most PSP requests per second per instance (the PSP's published limit). Unset: the adaptive
     /// limiter only slows down when the PSP answers 429.
-    #[arg(long, env = "PAYSTREAM_PSP_RATE_LIMIT", value_parser = parse_requests_per_s, global = true)]
+    #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_RATE_LIMIT", value_parser = parse_requests_per_s)]
     pub psp_rate_limit: Option<f64>,
     /// PEM file of a CA trusted for the PSP's certificate, beside the system's roots.
-    #[arg(long, env = "PAYSTREAM_PSP_CA", global = true)]
+    #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_CA")]
     pub psp_ca: Option<PathBuf>,
 
     /// Where `up` and `psp-sim` bind the simulator.
     #[arg(
+        help_heading = "PSP simulator",
         long,
         env = "PAYSTREAM_PSP_SIM_ADDR",
-        default_value = "127.0.0.1:8081",
-        global = true
+        default_value = "127.0.0.1:8081"
     )]
     pub psp_sim_addr: SocketAddr,
+    /// The simulator's median latency (ms).
     #[arg(
+        help_heading = "PSP simulator",
         long,
         env = "PAYSTREAM_PSP_SIM_LATENCY_MS",
-        default_value_t = 0,
-        global = true
+        default_value_t = 0
     )]
     pub psp_sim_latency_ms: u64,
     /// With `PAYSTREAM_PSP_SIM_LATENCY_MS` as the median, makes the simulator's latency
     /// log-normal with this 99th percentile (at least the median). Unset: a fixed latency.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_LATENCY_P99_MS", global = true)]
+    #[arg(
+        help_heading = "PSP simulator",
+        long,
+        env = "PAYSTREAM_PSP_SIM_LATENCY_P99_MS"
+    )]
     pub psp_sim_latency_p99_ms: Option<u64>,
     /// Most requests/s the simulator answers (every `/v1` route but `/v1/sim/*`); the excess is
     /// answered 429 with `Retry-After`. Unset: no limit.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    #[arg(long, env = "PAYSTREAM_PSP_SIM_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub psp_sim_rate_limit: Option<u32>,
     /// PEM certificate chain the simulator serves HTTPS with (needs `PAYSTREAM_PSP_SIM_TLS_KEY`).
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_TLS_CERT", global = true)]
+    #[arg(
+        help_heading = "PSP simulator",
+        long,
+        env = "PAYSTREAM_PSP_SIM_TLS_CERT"
+    )]
     pub psp_sim_tls_cert: Option<PathBuf>,
     /// PEM private key of `PAYSTREAM_PSP_SIM_TLS_CERT`.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_TLS_KEY", global = true)]
+    #[arg(
+        help_heading = "PSP simulator",
+        long,
+        env = "PAYSTREAM_PSP_SIM_TLS_KEY"
+    )]
     pub psp_sim_tls_key: Option<PathBuf>,
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_ERROR_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    /// Share of simulator requests answered 5xx.
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_error_rate: f64,
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_TIMEOUT_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    /// Share of simulator requests held until the client gives up (PAYSTREAM_PSP_SIM_HANG).
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_TIMEOUT_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_timeout_rate: f64,
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_LOST_RESPONSE_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    /// Share of simulator charges made whose answer is dropped.
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_LOST_RESPONSE_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_lost_response_rate: f64,
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_DECLINE_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    /// Share of simulator charges declined.
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_DECLINE_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_decline_rate: f64,
     /// How long the simulator holds a request it times out or whose answer it loses.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_HANG", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_HANG", default_value = "30s", value_parser = parse_duration)]
     pub psp_sim_hang: Duration,
     /// When set, the simulator answers 401 to requests without this bearer key.
     #[arg(
+        help_heading = "PSP simulator",
         long,
         env = "PAYSTREAM_PSP_SIM_API_KEY",
-        global = true,
         hide_env_values = true
     )]
     pub psp_sim_api_key: Option<Secret>,
     /// Seed for the simulator's random faults (unset: random).
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_SEED", global = true)]
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_SEED")]
     pub psp_sim_seed: Option<u64>,
 
     /// Settlement-file drift of the simulator (reconciliation tests): share of rows left out.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_DRIFT_MISSING_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_DRIFT_MISSING_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_drift_missing_rate: f64,
     /// Share of settlement rows whose amount is changed.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_DRIFT_AMOUNT_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_DRIFT_AMOUNT_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_drift_amount_rate: f64,
     /// Share of settlement rows written twice.
-    #[arg(long, env = "PAYSTREAM_PSP_SIM_DRIFT_DUPLICATE_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    #[arg(help_heading = "PSP simulator", long, env = "PAYSTREAM_PSP_SIM_DRIFT_DUPLICATE_RATE", default_value = "0", value_parser = parse_rate)]
     pub psp_sim_drift_duplicate_rate: f64,
     /// Extra settlement rows per day for payments the simulator never received.
     #[arg(
+        help_heading = "PSP simulator",
         long,
         env = "PAYSTREAM_PSP_SIM_DRIFT_UNKNOWN_ROWS",
-        default_value_t = 0,
-        global = true
+        default_value_t = 0
     )]
     pub psp_sim_drift_unknown_rows: u32,
 
     /// Buyer partitions of every stream (`{{partition(N, …)}}`).
-    #[arg(long, env = "PAYSTREAM_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub partitions: u16,
     /// Deliveries before a message is dead-lettered; must exceed the backoff steps.
-    #[arg(long, env = "PAYSTREAM_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=100), global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=100))]
     pub max_deliver: i64,
     /// Delay before each redelivery.
-    #[arg(long, env = "PAYSTREAM_BACKOFF", default_value = "1s,5s,30s,2m", value_parser = Backoff::parse, global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_BACKOFF", default_value = "1s,5s,30s,2m", value_parser = Backoff::parse)]
     pub backoff: Backoff,
     /// Most messages one consumer batch handles (one transaction per batch).
-    #[arg(long, env = "PAYSTREAM_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096), global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch_max: u16,
-    #[arg(long, env = "PAYSTREAM_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    /// How often the sweeper looks for payments stuck in EXECUTING, REFUNDING or UNKNOWN.
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
-    #[arg(long, env = "PAYSTREAM_EXECUTING_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    /// An EXECUTING payment older than this is the sweeper's (must exceed PAYSTREAM_PSP_TIMEOUT).
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_EXECUTING_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub executing_timeout: Duration,
     /// Sweeper attempts per payment before it is left for reconciliation.
-    #[arg(long, env = "PAYSTREAM_SWEEP_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..=1000), global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_SWEEP_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub sweep_max_attempts: i32,
     /// How often the ledger service sums debits and credits per currency for
     /// `paystream_ledger_imbalance_minor` (a full scan of the ledger: keep it minutes on a big one).
-    #[arg(long, env = "PAYSTREAM_LEDGER_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_LEDGER_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ledger_check_interval: Duration,
     /// An instance whose membership heartbeat is older than this is taken for dead and its
     /// partitions move to the others (heartbeats go every quarter of it).
-    #[arg(long, env = "PAYSTREAM_MEMBER_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_MEMBER_TTL", default_value = "5s", value_parser = parse_duration)]
     pub member_ttl: Duration,
     /// Stream replicas (3 on a cluster).
-    #[arg(long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
 
     /// Who operator actions (dlq redrive/purge) are recorded as in the audit trail.
-    #[arg(long, env = "PAYSTREAM_ACTOR", default_value = "cli", global = true)]
+    #[arg(
+        help_heading = "Operator actions",
+        long,
+        env = "PAYSTREAM_ACTOR",
+        default_value = "cli"
+    )]
     pub actor: String,
 
     /// Crash points for tests (`name@n,…`: abort on the n-th hit). Never set in production.
-    #[arg(long, env = "PAYSTREAM_FAILPOINTS", global = true, hide = true)]
+    #[arg(
+        help_heading = "Pipeline",
+        long,
+        env = "PAYSTREAM_FAILPOINTS",
+        hide = true
+    )]
     pub failpoints: Option<String>,
 
     /// The nats-server binary `up` runs when `PAYSTREAM_NATS_URL` is unset (2.11 or newer).
     /// Unset: `.venv/bin/nats-server`, then `nats-server` on PATH.
-    #[arg(long, env = "PAYSTREAM_NATS_SERVER_BIN", global = true)]
+    #[arg(
+        help_heading = "Embedded NATS server (up)",
+        long,
+        env = "PAYSTREAM_NATS_SERVER_BIN"
+    )]
     pub nats_server_bin: Option<PathBuf>,
     /// Client port of the nats-server that `up` starts.
     #[arg(
+        help_heading = "Embedded NATS server (up)",
         long,
         env = "PAYSTREAM_EMBEDDED_NATS_PORT",
-        default_value_t = 4333,
-        global = true
+        default_value_t = 4333
     )]
     pub embedded_nats_port: u16,
 
     /// Local time of the nightly reconciliation (`HH:MM` or `HH:MM:SS`), in `PAYSTREAM_RECON_TZ`;
     /// it reconciles the previous day.
-    #[arg(long, env = "PAYSTREAM_RECON_AT", default_value = "00:00", value_parser = parse_time_of_day, global = true)]
+    #[arg(help_heading = "Reconciliation", long, env = "PAYSTREAM_RECON_AT", default_value = "00:00", value_parser = parse_time_of_day)]
     pub recon_at: jiff::civil::Time,
     /// IANA time zone of `PAYSTREAM_RECON_AT` (e.g. `Europe/Paris`).
-    #[arg(long, env = "PAYSTREAM_RECON_TZ", default_value = "UTC", value_parser = parse_time_zone, global = true)]
+    #[arg(help_heading = "Reconciliation", long, env = "PAYSTREAM_RECON_TZ", default_value = "UTC", value_parser = parse_time_zone)]
     pub recon_tz: jiff::tz::TimeZone,
     /// Directory where settlement files are dropped (`<YYYY-MM-DD>.csv`); a file there is used
     /// instead of fetching the day's file from the PSP.
-    #[arg(long, env = "PAYSTREAM_RECON_DROP_DIR", global = true)]
+    #[arg(
+        help_heading = "Reconciliation",
+        long,
+        env = "PAYSTREAM_RECON_DROP_DIR"
+    )]
     pub recon_drop_dir: Option<PathBuf>,
-
-    /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
-    #[arg(long, env = "PAYSTREAM_LOG_FORMAT", default_value = "text", value_parser = LogFormat::parse, global = true)]
-    pub log_format: LogFormat,
 }
 
 /// How log lines are written (`PAYSTREAM_LOG_FORMAT`).
@@ -494,7 +569,7 @@ impl Config {
             Some(u) => u.0.clone(),
             None => format!(
                 "sqlite://{}?mode=rwc",
-                self.data_dir.join("paystream.sqlite").display()
+                self.client.data_dir.join("paystream.sqlite").display()
             ),
         }
     }
@@ -510,7 +585,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl ClientConfig {
     /// File through which `up` tells client commands where its embedded NATS listens.
     pub fn nats_url_file(&self) -> PathBuf {
         self.data_dir.join("nats.url")
@@ -519,6 +596,23 @@ impl Config {
     /// The passwords `up` generated for its embedded NATS users (mode 0600).
     pub fn nats_users_file(&self) -> PathBuf {
         self.data_dir.join("nats-users.json")
+    }
+}
+
+impl Default for ClientConfig {
+    /// Nothing configured: `./data`, text logs (what the flags default to).
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            nats_user: None,
+            nats_password: None,
+            nats_password_file: None,
+            nats_creds: None,
+            nats_context: None,
+            nats_tls_ca: None,
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -639,9 +733,9 @@ mod tests {
     #[test]
     fn log_format_is_text_or_json() {
         let cfg = Config::load_from(["paystream"]).unwrap();
-        assert_eq!(cfg.log_format, LogFormat::Text);
+        assert_eq!(cfg.client.log_format, LogFormat::Text);
         let cfg = Config::load_from(["paystream", "--log-format=json"]).unwrap();
-        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(cfg.client.log_format, LogFormat::Json);
         let err = Config::load_from(["paystream", "--log-format=xml"])
             .unwrap_err()
             .to_string();
@@ -663,6 +757,8 @@ mod tests {
 #[derive(clap::Parser)]
 struct Standalone {
     #[command(flatten)]
+    client: ClientConfig,
+    #[command(flatten)]
     config: Config,
 }
 
@@ -675,6 +771,15 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         use clap::Parser;
-        Standalone::try_parse_from(args).map(|s| s.config)
+        Standalone::try_parse_from(args).map(|s| Self {
+            client: s.client,
+            ..s.config
+        })
+    }
+
+    /// The services' configuration from the environment alone (for `--direct`), with these
+    /// connection settings.
+    pub fn from_env(client: ClientConfig) -> Result<Self, clap::Error> {
+        Self::load_from(["paystream"]).map(|c| Self { client, ..c })
     }
 }

@@ -12,7 +12,7 @@ use async_nats::{
     Client, ClientError, ConnectErrorKind, ConnectOptions, Event, ServerError, jetstream,
 };
 
-use crate::config::{Config, Secret};
+use crate::config::{ClientConfig, Secret};
 use crate::telemetry::names;
 
 /// paystream's NATS users (nats/accounts.conf).
@@ -108,7 +108,7 @@ pub struct NatsContext {
 
 impl NatsContext {
     /// The context `--context`/`NATS_CONTEXT` names, if one does.
-    pub fn selected(cfg: &Config) -> Result<Option<Self>, ConnectError> {
+    pub fn selected(cfg: &ClientConfig) -> Result<Option<Self>, ConnectError> {
         let Some(name) = &cfg.nats_context else {
             return Ok(None);
         };
@@ -131,7 +131,7 @@ fn given(s: &str) -> Option<&str> {
 
 /// The URL in force: `PAYSTREAM_NATS_URL`, the selected NATS context's, or the one `up` wrote
 /// into the data dir.
-pub fn resolve_url(cfg: &Config) -> Result<String, ConnectError> {
+pub fn resolve_url(cfg: &ClientConfig) -> Result<String, ConnectError> {
     if let Some(url) = &cfg.nats_url {
         return Ok(url.clone());
     }
@@ -176,7 +176,7 @@ impl Auth {
 /// `PAYSTREAM_NATS_PASSWORD` (or the file `PAYSTREAM_NATS_PASSWORD_FILE`), else the selected NATS
 /// context's creds file or user and password, else — when the server is `up`'s embedded one,
 /// found through the data dir — the role's user from the passwords `up` generated; else none.
-pub fn resolve_auth(cfg: &Config, role: Role) -> Result<Auth, ConnectError> {
+pub fn resolve_auth(cfg: &ClientConfig, role: Role) -> Result<Auth, ConnectError> {
     if let Some(path) = &cfg.nats_creds {
         return Ok(Auth::Creds(path.clone()));
     }
@@ -240,7 +240,7 @@ fn password_file(path: &Path) -> Result<Secret, ConnectError> {
 /// The passwords of `up`'s embedded server: read from the data dir, or generated (random, 122
 /// bits each) and written there with mode 0600 on the first start. Kept across restarts so that
 /// client commands and other processes using the data dir keep working.
-pub fn embedded_users(cfg: &Config) -> std::io::Result<BTreeMap<String, Secret>> {
+pub fn embedded_users(cfg: &ClientConfig) -> std::io::Result<BTreeMap<String, Secret>> {
     let file = cfg.nats_users_file();
     let existing: Option<BTreeMap<String, String>> = std::fs::read_to_string(&file)
         .ok()
@@ -349,7 +349,7 @@ impl ServerErrors {
 /// credentials or a TLS failure end the wait at once with an error naming the cause. Commands
 /// fail fast.
 pub async fn connect_as(
-    cfg: &Config,
+    cfg: &ClientConfig,
     name: &str,
     role: Role,
     retry: bool,
@@ -362,7 +362,7 @@ pub async fn connect_as(
 /// As `connect_as`, reporting the server's errors into `errors` (which the caller may already be
 /// watching).
 pub async fn connect_reporting(
-    cfg: &Config,
+    cfg: &ClientConfig,
     name: &str,
     role: Role,
     retry: bool,
@@ -386,7 +386,7 @@ pub async fn connect_reporting(
 
 /// Connects as a service (`retry_forever`) or a command.
 pub async fn connect(
-    cfg: &Config,
+    cfg: &ClientConfig,
     name: &str,
     retry_forever: bool,
 ) -> Result<Client, ConnectError> {
@@ -396,7 +396,7 @@ pub async fn connect(
 }
 
 async fn connect_once(
-    cfg: &Config,
+    cfg: &ClientConfig,
     url: &str,
     auth: &Auth,
     name: &str,
@@ -524,10 +524,10 @@ pub fn jetstream(client: Client) -> jetstream::Context {
 mod tests {
     use super::*;
 
-    fn cfg(args: &[&str]) -> Config {
+    fn cfg(args: &[&str]) -> ClientConfig {
         let mut all = vec!["paystream"];
         all.extend_from_slice(args);
-        Config::load_from(all).unwrap()
+        crate::config::Config::load_from(all).unwrap().client
     }
 
     #[test]

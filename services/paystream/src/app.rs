@@ -131,7 +131,7 @@ impl App {
 /// Simulator settings from the configuration.
 pub fn sim_config(cfg: &Config) -> SimConfig {
     SimConfig {
-        store_path: cfg.data_dir.join("psp-sim.sqlite"),
+        store_path: cfg.client.data_dir.join("psp-sim.sqlite"),
         latency_ms: cfg.psp_sim_latency_ms,
         latency_p99_ms: cfg.psp_sim_latency_p99_ms,
         rate_limit_per_s: cfg.psp_sim_rate_limit,
@@ -257,33 +257,33 @@ async fn start_parts(
 
     let mut nats_server = None;
     let mut cfg = cfg;
-    if cfg.nats_url.is_none() && parts.nats_server {
+    if cfg.client.nats_url.is_none() && parts.nats_server {
         let bin = nats_server::locate(cfg.nats_server_bin.as_deref()).await?;
         // Secure by default: the same accounts and users as nats/server.conf, with passwords
         // generated into the data dir (0600) where client commands find them.
-        let users = nats::embedded_users(&cfg)
-            .with_context(|| format!("writing {}", cfg.nats_users_file().display()))?;
+        let users = nats::embedded_users(&cfg.client)
+            .with_context(|| format!("writing {}", cfg.client.nats_users_file().display()))?;
         let server = NatsServer::start(ServerOptions {
             bin,
-            store_dir: cfg.data_dir.join("nats"),
+            store_dir: cfg.client.data_dir.join("nats"),
             port: cfg.embedded_nats_port,
             sync_interval: None,
             extra_conf: nats_server::secure_conf(&users),
         })
         .await?;
-        if cfg.nats_user.is_none() && cfg.nats_creds.is_none() {
-            cfg.nats_user = Some(nats::Role::Service.user().to_owned());
-            cfg.nats_password = users.get(nats::Role::Service.user()).cloned();
+        if cfg.client.nats_user.is_none() && cfg.client.nats_creds.is_none() {
+            cfg.client.nats_user = Some(nats::Role::Service.user().to_owned());
+            cfg.client.nats_password = users.get(nats::Role::Service.user()).cloned();
         }
         let url = server.url();
-        std::fs::create_dir_all(&cfg.data_dir)?;
-        std::fs::write(cfg.nats_url_file(), &url)
-            .with_context(|| format!("writing {}", cfg.nats_url_file().display()))?;
+        std::fs::create_dir_all(&cfg.client.data_dir)?;
+        std::fs::write(cfg.client.nats_url_file(), &url)
+            .with_context(|| format!("writing {}", cfg.client.nats_url_file().display()))?;
         tracing::info!(%url, "embedded nats-server started");
-        cfg.nats_url = Some(url);
+        cfg.client.nats_url = Some(url);
         // The services speak to their own server as its `paystream` user, whatever NATS CLI
         // context the shell has selected.
-        cfg.nats_context = None;
+        cfg.client.nats_context = None;
         nats_server = Some(server);
     }
 
@@ -298,7 +298,7 @@ async fn start_parts(
     let mut app = App {
         http_addr,
         psp_url: psp_url.clone(),
-        nats_url: cfg.nats_url.clone(),
+        nats_url: cfg.client.nats_url.clone(),
         db: None,
         readiness: readiness.clone(),
         psp_gate: None,
@@ -331,8 +331,14 @@ async fn start_parts(
     ));
 
     let streams_ready = readiness.component("streams");
-    let client =
-        nats::connect_reporting(&cfg, "paystream", nats::Role::Service, true, &nats_errors).await?;
+    let client = nats::connect_reporting(
+        &cfg.client,
+        "paystream",
+        nats::Role::Service,
+        true,
+        &nats_errors,
+    )
+    .await?;
     // From here on `/readyz` follows both connections at run time, not only at start-up.
     let nats_ready = readiness.component("nats");
     app.tasks.spawn(health::watch(

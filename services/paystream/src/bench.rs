@@ -17,7 +17,7 @@ use async_nats::jetstream::{
     self, consumer::pull, context::PublishAckFuture, message::PublishMessage,
 };
 use futures::StreamExt;
-use paystream_common::config::Config;
+use paystream_common::config::{ClientConfig, Config};
 use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
 use paystream_common::ingress::PaymentRequest;
 use paystream_common::money::{Amount, Currency};
@@ -568,9 +568,12 @@ async fn run_in(
         .map(|(_, _, u)| u.clone())
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("bench.sqlite").display()));
     let bench_cfg = Config {
-        nats_url: Some(server.url()),
+        client: ClientConfig {
+            nats_url: Some(server.url()),
+            data_dir: dir.to_path_buf(),
+            ..cfg.client.clone()
+        },
         database_url: Some(db_url.clone().into()),
-        data_dir: dir.to_path_buf(),
         http_addr: "127.0.0.1:0".parse()?,
         psp_url: None,
         psp_sim_addr: "127.0.0.1:0".parse()?,
@@ -583,7 +586,7 @@ async fn run_in(
         failpoints: None,
         ..cfg.clone()
     };
-    let js = nats::jetstream(nats::connect(&bench_cfg, "paystream-bench", false).await?);
+    let js = nats::jetstream(nats::connect(&bench_cfg.client, "paystream-bench", false).await?);
 
     let n = opts.payments.max(1);
     let (raw_elapsed, _) = raw_run(&js, "RAW_SAT", n, None).await?;

@@ -10,7 +10,7 @@ use paystream::dlq::{self, Selection};
 use paystream::operator::{self, ServiceClient};
 use paystream::output::emit;
 use paystream::{client, queries};
-use paystream_common::config::Config;
+use paystream_common::config::{ClientConfig, Config};
 use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
 use paystream_common::ingress::{CancelRequest, PaymentRequest};
 use paystream_common::money::{Amount, Currency};
@@ -38,11 +38,11 @@ fn main() -> ExitCode {
     };
     let long_running = matches!(
         cli.command,
-        Command::Up | Command::Serve { .. } | Command::PspSim
+        Command::Up { .. } | Command::Serve { .. } | Command::PspSim { .. }
     );
     telemetry::init_tracing(
         if long_running { "info" } else { "warn" },
-        cli.config.log_format,
+        cli.client.log_format,
     );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -96,19 +96,25 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if matches!(
         cli.command,
-        Command::Up | Command::Serve { .. } | Command::PspSim
+        Command::Up { .. } | Command::Serve { .. } | Command::PspSim { .. }
     ) {
         // A SIGTERM during start-up is a graceful stop once started, not a kill mid-start.
         paystream_common::shutdown::listen_for_signals();
     }
-    let cfg = cli.config;
+    // Where NATS is and who the caller is: every command's. The services' settings come with
+    // the subcommands that use them.
+    let conn = cli.client;
+    let with_conn = |config: Config| Config {
+        client: conn.clone(),
+        ..config
+    };
     match cli.command {
-        Command::Up => {
-            let app = app::start(cfg, Parts::all()).await?;
+        Command::Up { config } => {
+            let app = app::start(with_conn(*config), Parts::all()).await?;
             tracing::info!(nats = ?app.nats_url, psp = ?app.psp_url, http = %app.http_addr, "paystream is up");
             app.run_until_signal().await.map_err(anyhow::Error::msg)?;
         }
-        Command::Serve { service } => {
+        Command::Serve { service, config } => {
             let parts = Parts {
                 payment: service == Service::Payment,
                 wallet: service == Service::Wallet,
@@ -117,26 +123,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reconciler: service == Service::Reconciler,
                 ..Parts::default()
             };
-            app::start(cfg, parts)
+            app::start(with_conn(*config), parts)
                 .await?
                 .run_until_signal()
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
-        Command::PspSim => {
+        Command::PspSim { config } => {
             let parts = Parts {
                 psp_sim: true,
                 ..Parts::default()
             };
             let cfg = Config {
                 psp_url: None,
-                ..cfg
+                ..with_conn(*config)
             };
             let app = app::start(cfg, parts).await?;
             tracing::info!(psp = ?app.psp_url, "PSP simulator is up");
             app.run_until_signal().await.map_err(anyhow::Error::msg)?;
         }
-        Command::Migrate => {
+        Command::Migrate { config } => {
+            let cfg = with_conn(*config);
             let (_trigger, stop) = paystream_common::shutdown::channel();
             app::connect_db(&cfg, stop).await?;
             println!(
@@ -165,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return usage(e),
             };
             let (client, errors) =
-                nats::connect_as(&cfg, "paystream-cli", nats::Role::Checkout, false).await?;
+                nats::connect_as(&conn, "paystream-cli", nats::Role::Checkout, false).await?;
             let receipt =
                 unless_refused(&errors, client::pay(&nats::jetstream(client), &req)).await?;
             emit(json, &receipt, || receipt.table());
@@ -186,14 +193,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (_, Err(e)) => return usage(format!("buyer: {e}")),
             };
             let (client, errors) =
-                nats::connect_as(&cfg, "paystream-cli", nats::Role::Checkout, false).await?;
+                nats::connect_as(&conn, "paystream-cli", nats::Role::Checkout, false).await?;
             let receipt =
                 unless_refused(&errors, client::cancel(&nats::jetstream(client), &req)).await?;
             emit(json, &receipt, || receipt.table());
         }
         Command::Status { payment_id, json } => {
             PaymentId::parse(&payment_id).map_err(|e| Usage(format!("payment_id: {e}")))?;
-            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
             let answer = svc
                 .query("paystream.status", &json!({ "payment_id": payment_id }))
                 .await?;
@@ -202,7 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Balance { merchant_id, json } => {
             MerchantId::parse(&merchant_id).map_err(|e| Usage(format!("merchant_id: {e}")))?;
-            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
             let answer = svc
                 .query("paystream.balance", &json!({ "merchant_id": merchant_id }))
                 .await?;
@@ -212,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ledger {
             command: LedgerCommand::Check { json },
         } => {
-            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
             let answer = svc.query("paystream.ledger.check", &json!({})).await?;
             let report: paystream_ledger::check::Report = serde_json::from_value(answer.clone())?;
             emit(json, &answer, || queries::ledger_check_table(&report));
@@ -220,10 +227,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Dlq { command } => run_dlq(&cfg, command).await?,
-        Command::Recon { command } => run_recon(&cfg, command).await?,
+        Command::Dlq { command } => run_dlq(&conn, command).await?,
+        Command::Recon { command } => run_recon(&conn, command).await?,
         Command::Audit { limit, json } => {
-            let svc = ServiceClient::connect(&cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
             let answer = svc
                 .query("paystream.audit", &json!({ "limit": limit }))
                 .await?;
@@ -241,7 +248,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             psp_latency_p99_ms,
             psp_timeout_rate,
             json,
+            config,
         } => {
+            let cfg = with_conn(*config);
             let opts = paystream::bench::BenchOptions {
                 backlog,
                 psp: paystream::bench::PspOptions {
@@ -273,10 +282,10 @@ fn selection_body(ids: &[u64], all: bool, consumer: Option<&str>) -> serde_json:
     }
 }
 
-async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<()> {
+async fn run_dlq(conn: &ClientConfig, command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { consumer, json } => {
-            let svc = ServiceClient::connect(cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(conn, Role::Viewer).await?;
             let answer = svc
                 .query("paystream.dlq.list", &json!({ "consumer": consumer }))
                 .await?;
@@ -284,7 +293,7 @@ async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<()> {
             emit(json, &answer, || dlq::list_table(&entries));
         }
         DlqCommand::Show { id, json } => {
-            let svc = ServiceClient::connect(cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(conn, Role::Viewer).await?;
             let answer = svc
                 .query("paystream.dlq.show", &json!({ "id": id }))
                 .await?;
@@ -300,10 +309,10 @@ async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<()> {
             json,
         } => {
             let n = if direct {
-                let (js, conn) = direct_access(cfg).await?;
-                dlq::redrive(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?
+                let (cfg, js, db) = direct_access(conn).await?;
+                dlq::redrive(&js, &db, &selection(ids, all, consumer), &cfg.actor).await?
             } else {
-                let svc = ServiceClient::connect(cfg, Role::Operator).await?;
+                let svc = ServiceClient::connect(conn, Role::Operator).await?;
                 let body = selection_body(&ids, all, consumer.as_deref());
                 let answer = svc
                     .call("paystream.dlq.redrive", &body, operator::ACTION_TIMEOUT)
@@ -322,10 +331,10 @@ async fn run_dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<()> {
             json,
         } => {
             let n = if direct {
-                let (js, conn) = direct_access(cfg).await?;
-                dlq::purge(&js, &conn, &selection(ids, all, consumer), &cfg.actor).await?
+                let (cfg, js, db) = direct_access(conn).await?;
+                dlq::purge(&js, &db, &selection(ids, all, consumer), &cfg.actor).await?
             } else {
-                let svc = ServiceClient::connect(cfg, Role::Operator).await?;
+                let svc = ServiceClient::connect(conn, Role::Operator).await?;
                 let body = selection_body(&ids, all, consumer.as_deref());
                 let answer = svc
                     .call("paystream.dlq.purge", &body, operator::ACTION_TIMEOUT)
@@ -346,15 +355,22 @@ fn selection(ids: Vec<u64>, all: bool, consumer: Option<String>) -> Selection {
     }
 }
 
-/// `--direct`: the services' own NATS user and database, for when no paystream service runs.
+/// `--direct`: the services' configuration (from the environment), their NATS user and their
+/// database, for when no paystream service runs.
 async fn direct_access(
-    cfg: &Config,
-) -> anyhow::Result<(async_nats::jetstream::Context, sea_orm::DatabaseConnection)> {
-    let js = nats::jetstream(nats::connect(cfg, "paystream-cli", false).await?);
-    Ok((js, db::connect(&cfg.database_url()).await?))
+    conn: &ClientConfig,
+) -> anyhow::Result<(
+    Config,
+    async_nats::jetstream::Context,
+    sea_orm::DatabaseConnection,
+)> {
+    let cfg = Config::from_env(conn.clone())?;
+    let js = nats::jetstream(nats::connect(conn, "paystream-cli", false).await?);
+    let db = db::connect(&cfg.database_url()).await?;
+    Ok((cfg, js, db))
 }
 
-async fn run_recon(cfg: &Config, command: ReconCommand) -> anyhow::Result<()> {
+async fn run_recon(conn: &ClientConfig, command: ReconCommand) -> anyhow::Result<()> {
     use paystream::recon;
     let date = match &command {
         ReconCommand::Run { date, .. } | ReconCommand::Report { date, .. } => date,
@@ -367,16 +383,17 @@ async fn run_recon(cfg: &Config, command: ReconCommand) -> anyhow::Result<()> {
             direct: true,
             json,
         } => {
+            let cfg = Config::from_env(conn.clone())?;
             let (_trigger, stop) = paystream_common::shutdown::channel();
-            let conn = app::connect_db(cfg, stop).await?;
-            let rec = recon::reconciler(cfg, conn, None);
+            let db = app::connect_db(&cfg, stop).await?;
+            let rec = recon::reconciler(&cfg, db, None);
             let report = recon::run(&rec, &date, file.as_deref(), &cfg.actor).await?;
             (serde_json::to_value(report)?, json)
         }
         ReconCommand::Run {
             date, file, json, ..
         } => {
-            let svc = ServiceClient::connect(cfg, Role::Operator).await?;
+            let svc = ServiceClient::connect(conn, Role::Operator).await?;
             let body = json!({ "date": date, "file": file });
             let answer = svc
                 .call("paystream.recon.run", &body, operator::ACTION_TIMEOUT)
@@ -384,7 +401,7 @@ async fn run_recon(cfg: &Config, command: ReconCommand) -> anyhow::Result<()> {
             (answer, json)
         }
         ReconCommand::Report { date, json } => {
-            let svc = ServiceClient::connect(cfg, Role::Viewer).await?;
+            let svc = ServiceClient::connect(conn, Role::Viewer).await?;
             let answer = svc
                 .query("paystream.recon.report", &json!({ "date": date }))
                 .await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
-use paystream_common::config::Config;
+use paystream_common::config::ClientConfig;
 use paystream_common::nats::{self, ConnectError, Role, ServerErrors};
 
 /// How long a query may take (the service answers from its database).
@@ -137,7 +137,7 @@ pub struct ServiceClient {
 impl ServiceClient {
     /// Connects as the configured identity; without one, as `role`'s user of `up`'s embedded
     /// server (found through the data dir).
-    pub async fn connect(cfg: &Config, role: Role) -> Result<Self, ConnectError> {
+    pub async fn connect(cfg: &ClientConfig, role: Role) -> Result<Self, ConnectError> {
         let url = nats::resolve_url(cfg)?;
         let who = nats::resolve_auth(cfg, role)?.who();
         let (client, errors) = nats::connect_as(cfg, "paystream-cli", role, false).await?;

@@ -37,7 +37,7 @@ pub fn reconciler(cfg: &Config, db: DatabaseConnection, psp_url: Option<String>)
             Some(format!("{scheme}://{}", cfg.psp_sim_addr))
         }),
         psp_api_key: cfg.psp_api_key.as_ref().map(|s| s.0.clone()),
-        data_dir: cfg.data_dir.clone(),
+        data_dir: cfg.client.data_dir.clone(),
         drop_dir: cfg.recon_drop_dir.clone(),
     }
 }

@@ -81,7 +81,7 @@ async fn crashes(backend: Backend) {
     tokio::spawn(sim.serve(listener, std::future::pending()));
 
     let cfg = config(&nats.url(), &db.url, data.path(), &[]);
-    let js = nats::jetstream(nats::connect(&cfg, "test", false).await.unwrap());
+    let js = nats::jetstream(nats::connect(&cfg.client, "test", false).await.unwrap());
     // The streams exist before the first life, as they would in any deployment.
     paystream_common::streams::ensure_streams(&js, &cfg)
         .await

@@ -63,10 +63,10 @@ impl Env {
 
     /// A client of the secure server as one of paystream's users, with the server errors it sees.
     pub async fn client_as(&self, user: &str) -> (async_nats::Client, nats::ServerErrors) {
-        let cfg = Config {
+        let cfg = paystream_common::config::ClientConfig {
             nats_user: Some(user.to_owned()),
             nats_password: Some(paystream_common::config::Secret(self.nats.password(user))),
-            ..self.cfg.clone()
+            ..self.cfg.client.clone()
         };
         nats::connect_as(&cfg, user, nats::Role::Service, false)
             .await
@@ -119,7 +119,7 @@ impl Env {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        nats::connect(&self.cfg, "test", false)
+        nats::connect(&self.cfg.client, "test", false)
             .await
             .expect("test client connects")
     }

@@ -125,7 +125,7 @@ async fn concurrent_producers_keep_one_chain() {
         &format!("--nats-url={}", server.url()),
     ])
     .unwrap();
-    let js = nats::jetstream(nats::connect(&cfg, "test", false).await.unwrap());
+    let js = nats::jetstream(nats::connect(&cfg.client, "test", false).await.unwrap());
     paystream_common::streams::ensure_streams(&js, &cfg)
         .await
         .unwrap();

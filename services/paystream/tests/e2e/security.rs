@@ -573,17 +573,17 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         format!("--nats-url={}", url.trim()),
     ])
     .unwrap();
-    let refused = nats::connect(&anonymous, "anonymous", false).await;
+    let refused = nats::connect(&anonymous.client, "anonymous", false).await;
     assert!(
         matches!(refused, Err(nats::ConnectError::Refused { .. })),
         "a client without credentials is refused: {:?}",
         refused.err()
     );
     for (user, password) in &passwords {
-        let cfg = paystream_common::config::Config {
+        let cfg = paystream_common::config::ClientConfig {
             nats_user: Some(user.clone()),
             nats_password: Some(paystream_common::config::Secret(password.clone())),
-            ..anonymous.clone()
+            ..anonymous.client.clone()
         };
         nats::connect(&cfg, user, false)
             .await

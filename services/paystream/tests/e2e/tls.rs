@@ -100,10 +100,13 @@ async fn services_and_clients_speak_tls_to_nats() {
             args.push(format!("--nats-tls-ca={}", ca.display()));
         }
         let cfg = Config::load_from(args).unwrap();
-        let err = tokio::time::timeout(Duration::from_secs(10), nats::connect(&cfg, "t", true))
-            .await
-            .expect("a TLS failure is not retried")
-            .expect_err("an untrusted server certificate is refused");
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            nats::connect(&cfg.client, "t", true),
+        )
+        .await
+        .expect("a TLS failure is not retried")
+        .expect_err("an untrusted server certificate is refused");
         assert!(
             matches!(err, nats::ConnectError::Tls { .. })
                 && err.to_string().contains("certificate"),

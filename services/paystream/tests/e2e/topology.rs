@@ -31,7 +31,7 @@ async fn applied_definitions_are_the_files() {
         assert_eq!(applied, written, "nats/{file} is applied as written");
     }
 
-    let js = nats::jetstream(nats::connect(&cfg, "test", false).await.unwrap());
+    let js = nats::jetstream(nats::connect(&cfg.client, "test", false).await.unwrap());
     streams::ensure_streams(&js, &cfg).await.unwrap();
     for (file, text) in STREAM_FILES {
         let written: async_nats::jetstream::stream::Config = serde_json::from_str(text).unwrap();
