@@ -597,6 +597,12 @@ impl ClientConfig {
     pub fn nats_users_file(&self) -> PathBuf {
         self.data_dir.join("nats-users.json")
     }
+
+    /// Where `up` writes a NATS CLI context per user of its embedded server, laid out as the
+    /// `nats` CLI reads them with `XDG_CONFIG_HOME=<data dir>/config`.
+    pub fn nats_contexts_dir(&self) -> PathBuf {
+        self.data_dir.join("config").join("nats").join("context")
+    }
 }
 
 impl Default for ClientConfig {

@@ -15,8 +15,8 @@ use async_nats::{
 use crate::config::{ClientConfig, Secret};
 use crate::telemetry::names;
 
-/// paystream's NATS users (nats/accounts.conf).
-pub const USERS: [&str; 4] = ["paystream", "checkout", "operator", "viewer"];
+/// paystream's NATS users (nats/accounts.conf); `system` is the server's system account's.
+pub const USERS: [&str; 5] = ["paystream", "checkout", "operator", "viewer", "system"];
 
 /// What a process does on NATS, which decides the user it takes from `up`'s generated
 /// credentials when none is configured.
@@ -259,6 +259,38 @@ pub fn embedded_users(cfg: &ClientConfig) -> std::io::Result<BTreeMap<String, Se
         }
     };
     Ok(users.into_iter().map(|(u, p)| (u, Secret(p))).collect())
+}
+
+/// Writes a NATS CLI context (`nats --context <user>`) for every user of `up`'s embedded server
+/// at `url`, each file 0600 in a 0700 directory: the services' `paystream`, `checkout`,
+/// `operator` (with the JetStream API prefix through which OPS reads PAYSTREAM's streams),
+/// `viewer` and the system account's `system`. Returns the directory.
+pub fn write_contexts(
+    cfg: &ClientConfig,
+    url: &str,
+    users: &BTreeMap<String, Secret>,
+) -> std::io::Result<std::path::PathBuf> {
+    let dir = cfg.nats_contexts_dir();
+    std::fs::create_dir_all(&dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for (user, password) in users {
+        let mut context = serde_json::json!({
+            "description": format!("paystream up: user {user}"),
+            "url": url,
+            "user": user,
+            "password": password.0,
+        });
+        if user == Role::Operator.user() {
+            context["jetstream_api_prefix"] = "$JS.PAYSTREAM.API".into();
+        }
+        let text = serde_json::to_string_pretty(&context)?;
+        write_private(&dir.join(format!("{user}.json")), text.as_bytes())?;
+    }
+    Ok(dir)
 }
 
 /// Writes a file only its owner can read (created 0600, never world-readable for an instant).
@@ -607,7 +639,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(&[&format!("--data-dir={}", dir.path().display())]);
         let first = embedded_users(&c).unwrap();
-        assert_eq!(first.len(), 4);
+        assert_eq!(first.len(), 5);
         assert_eq!(embedded_users(&c).unwrap(), first, "kept across restarts");
         #[cfg(unix)]
         {

@@ -280,6 +280,19 @@ async fn start_parts(
         std::fs::write(cfg.client.nats_url_file(), &url)
             .with_context(|| format!("writing {}", cfg.client.nats_url_file().display()))?;
         tracing::info!(%url, "embedded nats-server started");
+        let contexts = nats::write_contexts(&cfg.client, &url, &users)
+            .with_context(|| format!("writing {}", cfg.client.nats_contexts_dir().display()))?;
+        let config_home = contexts
+            .parent()
+            .and_then(std::path::Path::parent)
+            .unwrap_or(&contexts);
+        println!(
+            "NATS CLI contexts for {} are in {}; e.g.\n  XDG_CONFIG_HOME={} nats --context operator micro ls\n  paystream dlq list --context {}",
+            users.keys().cloned().collect::<Vec<_>>().join(", "),
+            contexts.display(),
+            config_home.display(),
+            contexts.join("operator.json").display()
+        );
         cfg.client.nats_url = Some(url);
         // The services speak to their own server as its `paystream` user, whatever NATS CLI
         // context the shell has selected.

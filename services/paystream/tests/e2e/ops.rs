@@ -167,7 +167,7 @@ fn nats_cluster_config_is_valid() {
     )
     .unwrap();
     let secrets = tempfile::tempdir().unwrap();
-    for user in ["PAYSTREAM", "CHECKOUT", "OPERATOR", "VIEWER"] {
+    for user in ["PAYSTREAM", "CHECKOUT", "OPERATOR", "VIEWER", "SYSTEM"] {
         std::fs::write(
             secrets.path().join(format!("NATS_{user}_PASSWORD")),
             format!("pw{}\n", uuid::Uuid::new_v4().simple()),
@@ -182,7 +182,7 @@ fn nats_cluster_config_is_valid() {
             .arg(etc.path().join("cluster.conf"))
             .env("SECRETS_DIR", secrets)
             .env("SERVER_NAME", "nats-1");
-        for user in ["PAYSTREAM", "CHECKOUT", "OPERATOR", "VIEWER"] {
+        for user in ["PAYSTREAM", "CHECKOUT", "OPERATOR", "VIEWER", "SYSTEM"] {
             cmd.env_remove(format!("NATS_{user}_PASSWORD"));
         }
         cmd

@@ -557,7 +557,7 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         outputs.push(out);
     }
 
-    // The embedded server: the four users, passwords private to the data dir's owner.
+    // The embedded server: the five users, passwords private to the data dir's owner.
     let users_file = dir.join("nats-users.json");
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -566,7 +566,7 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
     }
     let passwords: BTreeMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(&users_file).unwrap()).unwrap();
-    assert_eq!(passwords.len(), 4);
+    assert_eq!(passwords.len(), 5);
     let url = std::fs::read_to_string(dir.join("nats.url")).unwrap();
     let anonymous = paystream_common::config::Config::load_from([
         "paystream".to_owned(),

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::helpers::{eventually, http_get, scalar};
 
 fn paystream(data: &Path, args: &[&str]) -> std::process::Output {
@@ -388,4 +390,158 @@ async fn up_sigterm_drains_in_flight_work() {
     assert!(check.status.success(), "ledger balances after the restart");
     let (status, log) = terminate(up, data.path(), Duration::from_secs(30)).await;
     assert!(status.success(), "graceful stop: {status:?}\n{log}");
+}
+
+/// One NATS CLI context `up` wrote: the user's connection, as the `nats` CLI would make it.
+async fn context_client(dir: &Path, user: &str) -> async_nats::Client {
+    let path = dir.join(format!("config/nats/context/{user}.json"));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{} is private", path.display());
+    }
+    let ctx: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(ctx["user"], user);
+    async_nats::ConnectOptions::with_user_and_password(
+        user.to_owned(),
+        ctx["password"].as_str().unwrap().to_owned(),
+    )
+    .connect(ctx["url"].as_str().unwrap())
+    .await
+    .unwrap_or_else(|e| panic!("{user} connects with its context: {e}"))
+}
+
+/// A request as the CLI makes it; the answer must be JSON without an `error` (a subject the user
+/// may not publish on gets no answer at all, and fails here too).
+async fn step(
+    client: &async_nats::Client,
+    subject: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_owned(), body.to_string().into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{subject}: no answer"))
+    .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload)
+        .unwrap_or_else(|e| panic!("{subject}: not JSON ({e}): {:?}", reply.payload));
+    assert!(v.get("error").is_none(), "{subject}: {v}");
+    assert!(
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error"))
+            .is_none(),
+        "{subject}: {reply:?}"
+    );
+    v
+}
+
+/// The operator's session of nats/README.md, step by step, as the users it names, with the
+/// contexts `up` wrote (each request is the one the `nats` CLI command of that step makes: the
+/// CLI itself cannot be installed here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_nats_cli_session_works_for_the_users_it_names() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let _up = spawn_up(dir, &[]);
+    eventually(Duration::from_secs(30), "up is ready", || async {
+        http_addr(dir)
+            .and_then(|addr| http_get(&addr, "/readyz"))
+            .is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = |p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join(p)).unwrap()).unwrap()
+    };
+
+    // nats --context paystream stream add --config nats/streams/PAYMENTS.json; consumer add …
+    let svc = context_client(dir, "paystream").await;
+    eventually(
+        Duration::from_secs(30),
+        "the services made the topology",
+        || {
+            let svc = svc.clone();
+            async move {
+                svc.request("$JS.API.STREAM.INFO.DEAD_LETTERS", "".into())
+                    .await
+                    .is_ok_and(|r| !String::from_utf8_lossy(&r.payload).contains("error"))
+            }
+        },
+    )
+    .await;
+    step(&svc, "$JS.API.INFO", json!({})).await;
+    for stream in ["PAYMENTS", "PAYMENT_EVENTS", "DEAD_LETTERS"] {
+        step(&svc, &format!("$JS.API.STREAM.INFO.{stream}"), json!({})).await;
+        let config = file(&format!("nats/streams/{stream}.json"));
+        step(&svc, &format!("$JS.API.STREAM.CREATE.{stream}"), config).await;
+    }
+    let consumer = file("nats/consumers/PAYMENTS.payment.json");
+    step(
+        &svc,
+        "$JS.API.CONSUMER.CREATE.PAYMENTS.payment-p0.payments.*.0.*",
+        json!({"stream_name": "PAYMENTS", "config": consumer}),
+    )
+    .await;
+    step(&svc, "$JS.API.CONSUMER.INFO.PAYMENTS.payment-p0", json!({})).await;
+
+    // nats --context checkout pub payments.request.b-42 '{…}' (with its JetStream ack)
+    let checkout = context_client(dir, "checkout").await;
+    let id = "6f1c1e4e-6a3b-4f0e-9a55-2d1f6f9b8e01";
+    let payment = json!({"payment_id": id, "buyer_id": "b-42", "merchant_id": "m-7",
+        "amount": 1250, "currency": "USD"});
+    step(&checkout, "payments.request.b-42", payment).await;
+
+    // nats --context operator …: the context carries the JetStream API prefix.
+    let op = context_client(dir, "operator").await;
+    let ctx: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("config/nats/context/operator.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ctx["jetstream_api_prefix"], "$JS.PAYSTREAM.API");
+    step(&op, "$JS.PAYSTREAM.API.INFO", json!({})).await;
+    eventually(Duration::from_secs(20), "the payment's event", || {
+        let op = op.clone();
+        async move {
+            op.request(
+                "$JS.PAYSTREAM.API.STREAM.MSG.GET.PAYMENT_EVENTS",
+                json!({"seq": 1}).to_string().into(),
+            )
+            .await
+            .is_ok_and(|r| !String::from_utf8_lossy(&r.payload).contains("error"))
+        }
+    })
+    .await;
+    step(&op, "$JS.PAYSTREAM.API.CONSUMER.LIST.PAYMENTS", json!({})).await;
+    step(
+        &op,
+        "$JS.PAYSTREAM.API.CONSUMER.INFO.PAYMENT_EVENTS.wallet-p3",
+        json!({}),
+    )
+    .await;
+    step(
+        &op,
+        "$JS.PAYSTREAM.API.STREAM.MSG.GET.PAYMENTS",
+        json!({"seq": 1}),
+    )
+    .await;
+    step(&op, "paystream.dlq.list", json!({})).await;
+
+    // nats --context viewer micro ls; request paystream.status / .balance
+    let viewer = context_client(dir, "viewer").await;
+    let ping = step(&viewer, "$SRV.PING", json!({})).await;
+    assert_eq!(ping["name"], "paystream");
+    let status = step(&viewer, "paystream.status", json!({"payment_id": id})).await;
+    assert_eq!(status["payment_id"], id);
+    step(&viewer, "paystream.balance", json!({"merchant_id": "m-7"})).await;
+
+    // nats --context system server report jetstream | connections
+    let system = context_client(dir, "system").await;
+    let statz = step(&system, "$SYS.REQ.SERVER.PING.STATSZ", json!({})).await;
+    assert!(statz["server"]["id"].is_string(), "{statz}");
+    step(&system, "$SYS.REQ.SERVER.PING.JSZ", json!({})).await;
+    step(&system, "$SYS.REQ.SERVER.PING.CONNZ", json!({})).await;
 }
