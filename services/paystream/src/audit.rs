@@ -97,5 +97,10 @@ pub fn table(entries: &[AuditEntry]) -> String {
             ]
         })
         .collect();
-    crate::output::table(&["AT", "ACTOR", "ACTION", "TARGET", "RESULT"], &rows)
+    crate::output::capped_table(
+        &["AT", "ACTOR", "ACTION", "TARGET", "RESULT"],
+        &rows,
+        rows.len(),
+        "(see `audit --json`)",
+    )
 }

@@ -27,6 +27,7 @@ use sea_orm::{ConnectionTrait, Statement};
 use serde::Serialize;
 
 use crate::app::{self, Parts};
+use crate::progress::Progress;
 
 /// Payments that were UNKNOWN at some point: their own PSP call timed out (or lost its answer).
 const UNKNOWN_ONCE_IDS: &str = "SELECT payment_id FROM payment_history WHERE state = 'UNKNOWN'";
@@ -48,6 +49,8 @@ pub struct BenchOptions {
     pub backlog: usize,
     /// How slow and unreliable the simulated PSP is.
     pub psp: PspOptions,
+    /// The report is printed as JSON: no progress is drawn (nor off a terminal).
+    pub json: bool,
 }
 
 /// The simulated PSP's behaviour in a bench run.
@@ -262,7 +265,9 @@ async fn raw_run(
     name: &str,
     n: usize,
     rate: Option<u32>,
+    json: bool,
 ) -> anyhow::Result<(Duration, Vec<f64>)> {
+    let progress = Progress::bar(n as u64, name, json);
     let stream = js
         .create_stream(jetstream::stream::Config {
             name: name.to_owned(),
@@ -324,9 +329,11 @@ async fn raw_run(
                 .await?,
             )
             .await?;
+        progress.set(done.load(Ordering::Relaxed));
     }
     window.drain().await?;
     let (end, lat) = reader.await??;
+    progress.finish();
     Ok((end - (started - origin), lat))
 }
 
@@ -359,7 +366,9 @@ async fn paystream_run(
     payments: &[PaymentRequest],
     rate: Option<u32>,
     already: i64,
+    json: bool,
 ) -> anyhow::Result<Duration> {
+    let progress = Progress::bar(payments.len() as u64, "payments", json);
     let mut window = Window {
         acks: VecDeque::new(),
     };
@@ -377,9 +386,10 @@ async fn paystream_run(
         db,
         already + payments.len() as i64,
         Duration::from_secs(600),
-        |_| {},
+        |applied| progress.set(u64::try_from(applied - already).unwrap_or(0)),
     )
     .await?;
+    progress.finish();
     Ok(Duration::from_millis(
         u64::try_from(last_ms - started_ms).unwrap_or(0).max(1),
     ))
@@ -465,7 +475,9 @@ async fn backlog_run(
     cfg: &Config,
     n: usize,
     already: i64,
+    json: bool,
 ) -> anyhow::Result<(Backlog, i64)> {
+    let queueing = Progress::bar(n as u64, "queueing", json);
     let mut window = Window {
         acks: VecDeque::new(),
     };
@@ -476,8 +488,11 @@ async fn backlog_run(
         let p = payment(already as usize + i);
         sum += p.amount.minor();
         window.push_payment(js, &p).await?;
+        queueing.inc(1);
     }
     window.drain().await?;
+    queueing.finish();
+    let backlog = Progress::bar(n as u64, "backlog", json);
     let app = app::start(cfg.clone(), bench_parts()).await?;
     let rss_start_mb = rss_mb();
     let started_ms = paystream_common::time::now_ms();
@@ -491,6 +506,7 @@ async fn backlog_run(
             last_sample = Instant::now();
         }
         let done = usize::try_from(applied - already).unwrap_or(0);
+        backlog.set(done as u64);
         while by_tenth.len() < 10 && done * 10 >= n * (by_tenth.len() + 1) {
             by_tenth.push(rss_mb().round());
         }
@@ -589,9 +605,9 @@ async fn run_in(
     let js = nats::jetstream(nats::connect(&bench_cfg.client, "paystream-bench", false).await?);
 
     let n = opts.payments.max(1);
-    let (raw_elapsed, _) = raw_run(&js, "RAW_SAT", n, None).await?;
+    let (raw_elapsed, _) = raw_run(&js, "RAW_SAT", n, None, opts.json).await?;
     let latency_n = (opts.rate as usize * 3).clamp(100, n.max(100));
-    let (_, raw_lat) = raw_run(&js, "RAW_RATE", latency_n, Some(opts.rate)).await?;
+    let (_, raw_lat) = raw_run(&js, "RAW_RATE", latency_n, Some(opts.rate), opts.json).await?;
 
     let app = app::start(bench_cfg.clone(), bench_parts()).await?;
     // The bench's own pool: its polling must not take the services' connection.
@@ -600,7 +616,7 @@ async fn run_in(
     let cpu0 = cpu_time();
     let charges0 = histogram_totals(PSP_DURATION, "op=\"charge\"");
     let started_ms = paystream_common::time::now_ms();
-    let ps_elapsed = paystream_run(&js, &db, &saturate, None, 0).await?;
+    let ps_elapsed = paystream_run(&js, &db, &saturate, None, 0, opts.json).await?;
     let cpu = cpu_time() - cpu0;
     let charges1 = histogram_totals(PSP_DURATION, "op=\"charge\"");
     // Payments whose own call timed out wait for the sweeper: the pipeline's throughput is that
@@ -635,7 +651,7 @@ async fn run_in(
         }
     });
     let paced: Vec<PaymentRequest> = (n..n + latency_n).map(payment).collect();
-    paystream_run(&js, &db, &paced, Some(opts.rate), n as i64).await?;
+    paystream_run(&js, &db, &paced, Some(opts.rate), n as i64, opts.json).await?;
     app.shutdown().await;
     if let Some(path) = std::env::var_os("PAYSTREAM_BENCH_METRICS") {
         // For profiling: the services' metrics (batch sizes, stage durations) after the runs.
@@ -665,7 +681,17 @@ async fn run_in(
         .collect();
 
     let backlog = if opts.backlog > 0 {
-        Some(backlog_run(&js, &db, &bench_cfg, opts.backlog, (n + latency_n) as i64).await?)
+        Some(
+            backlog_run(
+                &js,
+                &db,
+                &bench_cfg,
+                opts.backlog,
+                (n + latency_n) as i64,
+                opts.json,
+            )
+            .await?,
+        )
     } else {
         None
     };

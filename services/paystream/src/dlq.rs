@@ -425,7 +425,7 @@ pub fn list_table(entries: &[DeadLetter]) -> String {
             ]
         })
         .collect();
-    crate::output::table(
+    crate::output::capped_table(
         &[
             "ID",
             "CONSUMER",
@@ -435,6 +435,8 @@ pub fn list_table(entries: &[DeadLetter]) -> String {
             "REASON",
         ],
         &rows,
+        rows.len(),
+        "(see `dlq list --json`)",
     )
 }
 

@@ -12,5 +12,6 @@ pub mod dlq_watch;
 pub mod identity;
 pub mod operator;
 pub mod output;
+pub mod progress;
 pub mod queries;
 pub mod recon;

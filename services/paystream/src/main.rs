@@ -9,6 +9,7 @@ use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, ReconCommand, Serv
 use paystream::dlq::{self, Selection};
 use paystream::operator::{self, ServiceClient};
 use paystream::output::emit;
+use paystream::progress::Progress;
 use paystream::{client, queries};
 use paystream_common::config::{ClientConfig, Config};
 use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
@@ -145,7 +146,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { config } => {
             let cfg = with_conn(*config);
             let (_trigger, stop) = paystream_common::shutdown::channel();
+            let progress = Progress::spinner("applying migrations", false);
             app::connect_db(&cfg, stop).await?;
+            progress.finish();
             println!(
                 "migrations applied to {}",
                 paystream_common::config::redact_url(&cfg.database_url())
@@ -261,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 payments,
                 rate,
                 postgres: db == paystream::cli::BenchDb::Postgres,
+                json,
                 fsync_always: fsync == paystream::cli::Fsync::Always,
             };
             let report = paystream::bench::run(&cfg, opts).await?;
@@ -310,10 +314,12 @@ async fn run_dlq(conn: &ClientConfig, command: DlqCommand) -> anyhow::Result<()>
         } => {
             let n = if direct {
                 let (cfg, js, db) = direct_access(conn).await?;
+                let _progress = Progress::spinner("redriving dead letters", json || !all);
                 dlq::redrive(&js, &db, &selection(ids, all, consumer), &cfg.actor).await?
             } else {
                 let svc = ServiceClient::connect(conn, Role::Operator).await?;
                 let body = selection_body(&ids, all, consumer.as_deref());
+                let _progress = Progress::spinner("redriving dead letters", json || !all);
                 let answer = svc
                     .call("paystream.dlq.redrive", &body, operator::ACTION_TIMEOUT)
                     .await?;
@@ -387,6 +393,7 @@ async fn run_recon(conn: &ClientConfig, command: ReconCommand) -> anyhow::Result
             let (_trigger, stop) = paystream_common::shutdown::channel();
             let db = app::connect_db(&cfg, stop).await?;
             let rec = recon::reconciler(&cfg, db, None);
+            let _progress = Progress::spinner(&format!("reconciling {date}"), json);
             let report = recon::run(&rec, &date, file.as_deref(), &cfg.actor).await?;
             (serde_json::to_value(report)?, json)
         }
@@ -395,6 +402,7 @@ async fn run_recon(conn: &ClientConfig, command: ReconCommand) -> anyhow::Result
         } => {
             let svc = ServiceClient::connect(conn, Role::Operator).await?;
             let body = json!({ "date": date, "file": file });
+            let _progress = Progress::spinner(&format!("reconciling {date}"), json);
             let answer = svc
                 .call("paystream.recon.run", &body, operator::ACTION_TIMEOUT)
                 .await?;

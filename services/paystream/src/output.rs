@@ -14,6 +14,23 @@ pub fn emit<T: Serialize>(json: bool, value: &T, table: impl FnOnce() -> String)
     }
 }
 
+/// Most rows a table for people shows: the rest are counted, not printed (the JSON and the
+/// report files have them all).
+pub const TABLE_ROWS_MAX: usize = 50;
+
+/// [`table`] of at most [`TABLE_ROWS_MAX`] of `rows`, then `… N more (where)`, N counted
+/// against `total` (which may exceed `rows.len()` when the rows themselves are a bounded
+/// sample, like a report's manual-review list).
+pub fn capped_table(headers: &[&str], rows: &[Vec<String>], total: usize, more: &str) -> String {
+    let shown = rows.len().min(TABLE_ROWS_MAX);
+    let mut out = table(headers, &rows[..shown]);
+    let hidden = total.max(rows.len()) - shown;
+    if hidden > 0 {
+        out.push_str(&format!("… {hidden} more {more}\n"));
+    }
+    out
+}
+
 /// Left-aligned columns sized to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -78,7 +95,20 @@ pub fn error_report(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::error_report;
+    use super::{TABLE_ROWS_MAX, capped_table, error_report};
+
+    #[test]
+    fn long_tables_are_capped_with_a_count() {
+        let rows: Vec<Vec<String>> = (0..10_000).map(|i| vec![i.to_string()]).collect();
+        let out = capped_table(&["N"], &rows, 10_023, "(see the report file)");
+        assert_eq!(out.lines().count(), 2 + TABLE_ROWS_MAX + 1, "{out}");
+        assert!(
+            out.ends_with("… 9973 more (see the report file)\n"),
+            "{out}"
+        );
+        let out = capped_table(&["N"], &rows[..3], 3, "(see the report file)");
+        assert!(!out.contains("more"), "{out}");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("connecting to NATS at nats://x:1: {source}")]

@@ -115,17 +115,24 @@ pub fn table(r: &Report) -> String {
                 ]
             })
             .collect();
-        out.push_str(&crate::output::table(
+        out.push_str(&crate::output::capped_table(
             &[
                 "LINE", "CLASS", "PAYMENT", "TYPE", "FILE", "OURS", "CUR", "DETAIL",
             ],
             &rows,
+            usize::try_from(r.manual_review_total).unwrap_or(usize::MAX),
+            "(see the report file)",
         ));
     }
     if !r.errors.is_empty() {
         out.push_str("\nunparseable lines:\n");
-        for e in &r.errors {
+        for e in r.errors.iter().take(crate::output::TABLE_ROWS_MAX) {
             out.push_str(&format!("  line {}: {}\n", e.line, e.error));
+        }
+        let total = usize::try_from(r.errors_total).unwrap_or(usize::MAX);
+        let hidden = total.max(r.errors.len()) - r.errors.len().min(crate::output::TABLE_ROWS_MAX);
+        if hidden > 0 {
+            out.push_str(&format!("  … {hidden} more (see the report file)\n"));
         }
     }
     out.push_str(&format!(

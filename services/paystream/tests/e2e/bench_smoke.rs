@@ -17,6 +17,7 @@ async fn bench_smoke() {
             postgres: false,
             fsync_always: false,
             backlog: 500,
+            json: true,
             psp: Default::default(),
         },
     )
@@ -63,6 +64,7 @@ async fn bench_smoke_against_a_slow_psp() {
             postgres: false,
             fsync_always: false,
             backlog: 0,
+            json: true,
             psp: bench::PspOptions {
                 latency_ms: Some(40),
                 latency_p99_ms: Some(300),
