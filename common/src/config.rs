@@ -434,6 +434,10 @@ pub struct Config {
     /// partitions move to the others (heartbeats go every quarter of it).
     #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_MEMBER_TTL", default_value = "5s", value_parser = parse_duration)]
     pub member_ttl: Duration,
+    /// Most entries DEAD_LETTERS keeps (then the oldest go); the PaystreamDeadLettersNearlyFull
+    /// alert fires at half of it.
+    #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_DEAD_LETTERS_MAX_MSGS", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(10..=100_000_000))]
+    pub dead_letters_max_msgs: i64,
     /// Stream replicas (3 on a cluster).
     #[arg(help_heading = "Pipeline", long, env = "PAYSTREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,

@@ -105,6 +105,9 @@ pub fn stream_configs(cfg: &Config) -> Result<Vec<stream::Config>, TopologyError
                 t.destination = with_partitions(&t.destination, cfg.partitions);
             }
             sc.num_replicas = usize::from(cfg.replicas);
+            if sc.name == DEAD_LETTERS {
+                sc.max_messages = cfg.dead_letters_max_msgs;
+            }
             Ok(sc)
         })
         .collect()

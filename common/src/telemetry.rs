@@ -68,6 +68,7 @@ pub mod names {
     pub const PAYMENTS_UNKNOWN: &str = "paystream_payments_unknown";
     pub const DEAD_LETTERS: &str = "paystream_dead_letters_total";
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
+    pub const DLQ_CAPACITY: &str = "paystream_dlq_capacity";
     pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
     pub const PUBLISH_CONFLICTS: &str = "paystream_publish_conflicts_total";
@@ -415,6 +416,10 @@ fn register_catalogue() {
         "Messages dead-lettered, by consumer and kind (terminated, max_deliveries)."
     );
     describe_gauge!(DLQ_DEPTH, "Entries in DEAD_LETTERS awaiting an operator.");
+    describe_gauge!(
+        DLQ_CAPACITY,
+        "Most entries DEAD_LETTERS keeps (its max_msgs; 0 until first read): past it the oldest go."
+    );
     describe_counter!(
         DLQ_REDRIVES,
         "Dead letters redriven (from the audit trail)."
@@ -426,6 +431,7 @@ fn register_catalogue() {
         }
     }
     gauge!(DLQ_DEPTH).set(0.0);
+    gauge!(DLQ_CAPACITY).set(0.0);
     counter!(DLQ_REDRIVES).absolute(0);
     counter!(DLQ_PURGES).absolute(0);
     describe_counter!(

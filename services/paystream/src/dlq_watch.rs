@@ -83,9 +83,10 @@ async fn gauges(db: DatabaseConnection, js: jetstream::Context, mut shutdown: Sh
         if let Ok(info) = js
             .get_stream(DEAD_LETTERS)
             .await
-            .map(|s| s.cached_info().state.messages)
+            .map(|s| s.cached_info().clone())
         {
-            gauge!(names::DLQ_DEPTH).set(info as f64);
+            gauge!(names::DLQ_DEPTH).set(info.state.messages as f64);
+            gauge!(names::DLQ_CAPACITY).set(info.config.max_messages.max(0) as f64);
         }
         if let Ok(n) = crate::audit::count(&db, "dlq.redrive").await {
             counter!(names::DLQ_REDRIVES).absolute(n);

@@ -22,6 +22,7 @@ mod recon;
 mod recon_file;
 mod scale;
 mod security;
+mod storage_bounds;
 mod sweeper;
 mod tls;
 mod topology;
