@@ -189,15 +189,11 @@ impl std::str::FromStr for DatabaseUrl {
 /// `up` leaves its NATS URL, passwords and contexts) and the log format. The binary reads these
 /// for every subcommand; the services' settings are in [`Config`].
 #[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "NATS connection")]
 pub struct ClientConfig {
     /// NATS server(s), comma-separated. Unset: `up` starts its own nats-server and the client
     /// commands find it through `<data dir>/nats.url`.
-    #[arg(
-        global = true,
-        help_heading = "NATS connection",
-        long,
-        env = "PAYSTREAM_NATS_URL"
-    )]
+    #[arg(global = true, long, env = "PAYSTREAM_NATS_URL")]
     pub nats_url: Option<String>,
     /// Where `up` keeps its NATS URL, passwords and contexts (found there by the other commands),
     /// its SQLite file, reports and embedded NATS store.
@@ -211,17 +207,11 @@ pub struct ClientConfig {
     pub data_dir: PathBuf,
     /// NATS user name (with `PAYSTREAM_NATS_PASSWORD`). Unset, with `up`'s embedded server: the
     /// user for the command's role, from `<data dir>/nats-users.json`.
-    #[arg(
-        global = true,
-        help_heading = "NATS connection",
-        long,
-        env = "PAYSTREAM_NATS_USER"
-    )]
+    #[arg(global = true, long, env = "PAYSTREAM_NATS_USER")]
     pub nats_user: Option<String>,
     /// Password of PAYSTREAM_NATS_USER.
     #[arg(
         global = true,
-        help_heading = "NATS connection",
         long,
         env = "PAYSTREAM_NATS_PASSWORD",
         hide_env_values = true
@@ -232,38 +222,26 @@ pub struct ClientConfig {
     /// connecting, without its trailing newline.
     #[arg(
         global = true,
-        help_heading = "NATS connection",
         long,
         env = "PAYSTREAM_NATS_PASSWORD_FILE",
         conflicts_with = "nats_password"
     )]
     pub nats_password_file: Option<PathBuf>,
     /// A NATS creds file (JWT + nkey seed), instead of user and password.
-    #[arg(
-        global = true,
-        help_heading = "NATS connection",
-        long,
-        env = "PAYSTREAM_NATS_CREDS"
-    )]
+    #[arg(global = true, long, env = "PAYSTREAM_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
     /// A NATS CLI context (`~/.config/nats/context/NAME.json`, or a path to such a file): its
     /// url, user and password or creds, and ca are used where the PAYSTREAM_NATS_* settings
     /// leave them unset. `up` writes one per role.
     #[arg(
         global = true,
-        help_heading = "NATS connection",
         long = "context",
         env = "NATS_CONTEXT",
         value_name = "NAME"
     )]
     pub nats_context: Option<String>,
     /// PEM file of the CA that signed the NATS server's certificate; when set, TLS is required.
-    #[arg(
-        global = true,
-        help_heading = "NATS connection",
-        long,
-        env = "PAYSTREAM_NATS_TLS_CA"
-    )]
+    #[arg(global = true, long, env = "PAYSTREAM_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
 
     /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).

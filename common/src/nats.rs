@@ -14,6 +14,7 @@ use async_nats::{
 
 use crate::config::{ClientConfig, Secret};
 use crate::telemetry::names;
+use crate::text::error_chain;
 
 /// paystream's NATS users (nats/accounts.conf); `system` is the server's system account's.
 pub const USERS: [&str; 5] = ["paystream", "checkout", "operator", "viewer", "system"];
@@ -506,20 +507,6 @@ async fn connect_once(
             },
         }),
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        let part = err.to_string();
-        if !text.contains(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = err.source();
-    }
-    text
 }
 
 /// A failed TLS handshake (an untrusted or mismatched certificate) is reported by async-nats as

@@ -18,6 +18,22 @@ pub fn bounded(s: &str, max_chars: usize) -> String {
     out
 }
 
+/// An error and its sources, `: `-separated, each said once: for errors that travel as text (a
+/// report, a NATS service error, a TLS failure's detail), where a library's own message
+/// ("error sending request for url …") would hide why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let part = err.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = err.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::bounded;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paystream_common::settlement::LINE_BYTES_MAX;
+use paystream_common::text::error_chain;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt};
 
 use crate::ReconError;
@@ -35,7 +36,7 @@ pub async fn download(
     if let Some(key) = api_key {
         req = req.bearer_auth(key);
     }
-    let mut resp = req.send().await.map_err(|e| fail(with_causes(&e)))?;
+    let mut resp = req.send().await.map_err(|e| fail(error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));
     }
@@ -48,7 +49,7 @@ pub async fn download(
         let chunk = tokio::time::timeout(CHUNK_TIMEOUT, resp.chunk())
             .await
             .map_err(|_| fail(format!("no data for {CHUNK_TIMEOUT:?}")))?
-            .map_err(|e| fail(with_causes(&e)))?;
+            .map_err(|e| fail(error_chain(&e)))?;
         let Some(chunk) = chunk else { break };
         written += chunk.len() as u64;
         if written > FILE_BYTES_MAX {
@@ -61,22 +62,6 @@ pub async fn download(
     drop(out);
     tokio::fs::rename(&part, &path).await?;
     Ok(path)
-}
-
-/// An error with its causes, `: `-separated: reqwest's own text ("error sending request for
-/// url …") hides why (a refused connection, an untrusted certificate), and this error travels
-/// as text (in the report, over NATS), so the causes are spelled out once here.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// One line of the file: its text, or why it could not be read.

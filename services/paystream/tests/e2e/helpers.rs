@@ -171,6 +171,11 @@ pub fn run_cli(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> (i32, String
         .envs(extra.iter().copied())
         .output()
         .expect("paystream runs");
+    outcome(&out)
+}
+
+/// A finished command's exit code (-1 if killed), stdout and stderr.
+pub fn outcome(out: &std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

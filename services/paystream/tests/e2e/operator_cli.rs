@@ -13,7 +13,7 @@ use paystream_common::nats;
 use paystream_testkit::{Backend, TestNats};
 use serde_json::{Value, json};
 
-use crate::helpers::{Env, eventually};
+use crate::helpers::{Env, eventually, outcome};
 
 /// Runs `paystream args…` with nothing but these variables (no DATABASE_URL), in `dir`.
 fn run(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
@@ -25,11 +25,7 @@ fn run(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String
         .envs(vars.iter().copied())
         .output()
         .expect("paystream runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 fn json_of(out: &str) -> Value {
