@@ -570,6 +570,46 @@ mod tests {
     }
 
     #[test]
+    fn a_nats_cli_context_fills_in_what_the_settings_leave_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ops.json");
+        std::fs::write(
+            &file,
+            r#"{"description": "x", "url": "nats://ctx:4222", "user": "operator", "password": "pw", "nkey": ""}"#,
+        )
+        .unwrap();
+        let context = format!("--context={}", file.display());
+        let c = cfg(&[&context]);
+        assert_eq!(resolve_url(&c).unwrap(), "nats://ctx:4222");
+        assert_eq!(
+            resolve_auth(&c, Role::Viewer).unwrap(),
+            Auth::UserPassword {
+                user: "operator".into(),
+                password: Secret("pw".into())
+            }
+        );
+        // PAYSTREAM_NATS_* win over the context's.
+        let c = cfg(&[
+            &context,
+            "--nats-url=nats://own:1",
+            "--nats-user=viewer",
+            "--nats-password=v",
+        ]);
+        assert_eq!(resolve_url(&c).unwrap(), "nats://own:1");
+        assert!(matches!(
+            resolve_auth(&c, Role::Viewer).unwrap(),
+            Auth::UserPassword { user, .. } if user == "viewer"
+        ));
+        // A context that is missing or unreadable is named.
+        let c = cfg(&["--context=/nonexistent/ops.json"]);
+        let err = resolve_url(&c).unwrap_err().to_string();
+        assert!(
+            err.starts_with("NATS context /nonexistent/ops.json: "),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_password_file_is_read_without_its_newline() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("nats_paystream_password");
