@@ -20,6 +20,30 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command line as the binary parses it: [`Cli`], with the services' settings that
+/// `psp-sim` and `migrate` take but do not use hidden from their help (still accepted, so one
+/// environment serves every subcommand).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    Cli::command()
+        .mut_subcommand("psp-sim", |c| {
+            only_headings(c, &["Service", "PSP simulator"])
+        })
+        .mut_subcommand("migrate", |c| only_headings(c, &["Storage"]))
+}
+
+/// `cmd` with every argument under another help heading than `shown` hidden.
+fn only_headings(cmd: clap::Command, shown: &[&str]) -> clap::Command {
+    let hidden: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_help_heading().is_some_and(|h| !shown.contains(&h)))
+        .map(|a| a.get_id().clone())
+        .collect();
+    hidden
+        .into_iter()
+        .fold(cmd, |c, id| c.mut_arg(id, |a| a.hide(true)))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Everything in one process: payment, wallet and ledger services, the PSP simulator and (when
@@ -309,7 +333,7 @@ mod tests {
         let args = std::iter::once("paystream")
             .chain(path.iter().copied())
             .chain(["--help"]);
-        let err = Cli::command().try_get_matches_from(args).unwrap_err();
+        let err = super::command().try_get_matches_from(args).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
         err.to_string()
     }
@@ -355,5 +379,24 @@ mod tests {
             assert!(up.contains(heading), "{heading} missing:\n{up}");
         }
         assert!(up.contains("--psp-sim-drift-missing-rate"), "{up}");
+        let sim = help_of(&["psp-sim"]);
+        assert!(
+            sim.contains("--psp-sim-latency-ms") && sim.contains("--http-addr"),
+            "{sim}"
+        );
+        for unrelated in [
+            "--partitions",
+            "--psp-timeout",
+            "--database-url",
+            "--recon-at",
+        ] {
+            assert!(
+                !sim.contains(unrelated),
+                "{unrelated} in psp-sim --help:\n{sim}"
+            );
+        }
+        let migrate = help_of(&["migrate"]);
+        assert!(migrate.contains("--database-url"), "{migrate}");
+        assert!(!migrate.contains("--psp-sim-latency-ms"), "{migrate}");
     }
 }

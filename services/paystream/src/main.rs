@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::FromArgMatches as _;
 use paystream::app::{self, Parts};
 use paystream::cli::{Cli, Command, DlqCommand, LedgerCommand, ReconCommand, Service};
 use paystream::dlq::{self, Selection};
@@ -21,11 +21,14 @@ use serde_json::json;
 
 fn main() -> ExitCode {
     paystream_common::tls::install_crypto_provider();
-    let cli = match Cli::try_parse() {
+    let parsed = paystream::cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => match paystream_common::config::name_the_source(
             &e,
-            &Cli::command(),
+            &paystream::cli::command(),
             &std::env::args_os()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect::<Vec<_>>(),
