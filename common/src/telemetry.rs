@@ -102,7 +102,7 @@ pub mod names {
 pub const NATS_SERVER_ERROR_KINDS: [&str; 4] =
     ["permission", "authorization", "slow_consumer", "other"];
 /// Mutating operator endpoints (`paystream.dlq.redrive`, …), as audit actions.
-pub const OPERATOR_ACTIONS: [&str; 3] = ["dlq.redrive", "dlq.purge", "recon.run"];
+pub const OPERATOR_ACTIONS: [&str; 4] = ["dlq.redrive", "dlq.purge", "recon.run", "recon.resolve"];
 /// What became of an operator request: done, refused (no trustworthy identity), failed.
 pub const OPERATOR_OUTCOMES: [&str; 3] = ["ok", "refused", "error"];
 

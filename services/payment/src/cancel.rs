@@ -173,6 +173,7 @@ async fn refund<P: Psp>(
     let id = c.req.payment_id;
     let span = tracing::info_span!("refund", payment_id = %id, buyer_id = %c.req.buyer_id, stream_seq = c.seq);
     let verdict = async {
+        let call = crate::attempts::Call::start("refund", "cancel");
         let Some(answer) = pipe.call(|| pipe.psp.refund(id, amount)).await else {
             return Verdict::Retry {
                 label: "abandoned",
@@ -192,7 +193,8 @@ async fn refund<P: Psp>(
                         format!("PSP refunded ({psp_reference})"),
                     )
                 };
-                match pipe.recorder.record(change).await {
+                let attempt = call.ended(&change);
+                match pipe.recorder.record_with(change, Some(attempt)).await {
                     Ok(Recorded::Applied(_) | Recorded::Skipped(PaymentState::Cancelled)) => {
                         Verdict::Ack
                     }

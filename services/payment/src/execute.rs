@@ -13,6 +13,7 @@ use paystream_common::time::now_ms;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
+use crate::attempts::Attempt;
 use crate::outcome::{self, Decision};
 use crate::pipeline::{Join, Pipeline, Work};
 use crate::psp::{ChargeRequest, Psp};
@@ -148,6 +149,7 @@ async fn charge<P: Psp>(
             merchant_id: &req.merchant_id,
             metadata: &req.metadata,
         };
+        let call = crate::attempts::Call::start("charge", "intake");
         let Some(answer) = pipe.call(|| pipe.psp.charge(&charge)).await else {
             // Shut down before the PSP processed anything: the request comes back.
             return Verdict::Retry {
@@ -158,7 +160,10 @@ async fn charge<P: Psp>(
         drop(slot);
         failpoint::hit("payment.after_psp");
         match outcome::of_charge(req.payment_id, answer, "intake") {
-            Decision::Record(change) => record(&pipe, change).await,
+            Decision::Record(change) => {
+                let attempt = call.ended(&change);
+                record(&pipe, change, attempt).await
+            }
             Decision::ConfigError(error) => {
                 // Not the payment's fault: it stays EXECUTING and the request is retried.
                 tracing::error!(%error, "PSP refused our configuration");
@@ -179,7 +184,7 @@ async fn charge<P: Psp>(
 }
 
 /// Commits a charge's outcome; the request is acknowledged once it is.
-async fn record<P: Psp>(pipe: &Pipeline<P>, change: Change) -> Verdict {
+async fn record<P: Psp>(pipe: &Pipeline<P>, change: Change, attempt: Attempt) -> Verdict {
     let change = if change.trigger == Trigger::Indeterminate {
         tracing::warn!(error = ?change.last_error, "PSP outcome unknown; the sweeper will resolve it");
         Change {
@@ -192,7 +197,7 @@ async fn record<P: Psp>(pipe: &Pipeline<P>, change: Change) -> Verdict {
     } else {
         change
     };
-    match pipe.recorder.record(change).await {
+    match pipe.recorder.record_with(change, Some(attempt)).await {
         Ok(result) => {
             failpoint::hit("payment.after_record");
             tracing::debug!(?result, "payment recorded");

@@ -160,6 +160,7 @@ async fn resolve_one<P: Psp>(
         return Resolved::Released(row.payment_id);
     }
     let slot = pipe.acquire_slot().await;
+    let call = crate::attempts::Call::start("sweep", "sweeper");
     let decision = resolve(pipe, &row, payment_id).await;
     drop(slot);
     let result = match decision {
@@ -186,7 +187,8 @@ async fn resolve_one<P: Psp>(
                 retry_at_ms,
                 ..change
             };
-            match pipe.recorder.record(change).await {
+            let attempt = call.ended(&change);
+            match pipe.recorder.record_with(change, Some(attempt)).await {
                 Ok(_) => Resolved::Recorded,
                 Err(e) => Resolved::Failed(e),
             }

@@ -463,6 +463,7 @@ async fn start_parts(
             conn.clone(),
             js.clone(),
             crate::recon::reconciler(&cfg, conn.clone(), psp_url.clone()),
+            app.psp_gate.clone(),
             shutdown.clone(),
             &mut app.tasks,
         )

@@ -68,6 +68,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One payment's whole life on one time axis: request, states, PSP attempts, events and
+    /// when wallet and ledger applied them, dead letters and redrives, reconciliation. Asks the
+    /// `paystream.timeline` endpoint (as the operator user unless credentials are given).
+    Timeline {
+        payment_id: String,
+        /// Skip this many entries (they are in time order).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Show at most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// A merchant's wallet balances.
     Balance {
         merchant_id: String,

@@ -184,6 +184,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Timeline {
+            payment_id,
+            offset,
+            limit,
+            json,
+        } => {
+            let (client, errors) =
+                nats::connect_as(&cfg, "paystream-cli", nats::Role::Operator, false).await?;
+            let body =
+                serde_json::json!({"payment_id": payment_id, "offset": offset, "limit": limit});
+            let out =
+                paystream::operator::request(&client, &errors, "paystream.timeline", &body).await?;
+            emit(json, &out, || paystream::timeline::table_of(&out));
+        }
         Command::Dlq { command } => return run_dlq(&cfg, command).await,
         Command::Recon { command } => return run_recon(&cfg, command).await,
         Command::Audit { limit, json } => {

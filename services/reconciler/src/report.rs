@@ -55,6 +55,9 @@ pub struct Report {
 pub struct ReportFiles {
     pub json: String,
     pub csv: String,
+    /// `<run_id>.resolutions.csv`: the manual-review rows operators resolved, once there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolutions: Option<String>,
 }
 
 /// One row of a report.
@@ -73,6 +76,17 @@ pub struct ReportRow {
     /// `applied`, `already_applied`, `skipped`, or none.
     pub correction: Option<String>,
     pub detail: String,
+    /// A manual-review row an operator resolved (`paystream.recon.resolve`): who, when, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+}
+
+/// Who resolved a manual-review row, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub by: String,
+    pub at: String,
+    pub note: String,
 }
 
 impl From<row::Model> for ReportRow {
@@ -88,6 +102,7 @@ impl From<row::Model> for ReportRow {
             currency: r.currency,
             correction: r.correction,
             detail: r.detail,
+            resolution: None,
         }
     }
 }
@@ -112,7 +127,7 @@ pub async fn listed(
     Ok(out)
 }
 
-fn csv_field(out: &mut String, s: &str) {
+pub fn csv_field(out: &mut String, s: &str) {
     if s.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
@@ -134,6 +149,7 @@ pub async fn write_files(
     report.files = ReportFiles {
         json: json_path.display().to_string(),
         csv: csv_path.display().to_string(),
+        resolutions: None,
     };
     let mut csv = tokio::io::BufWriter::new(tokio::fs::File::create(&csv_path).await?);
     csv.write_all(
