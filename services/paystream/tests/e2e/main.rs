@@ -22,6 +22,7 @@ mod recon_file;
 mod scale;
 mod security;
 mod sweeper;
+mod timeline;
 mod tls;
 mod topology;
 mod up;
