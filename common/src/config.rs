@@ -161,6 +161,17 @@ pub struct Config {
         global = true
     )]
     pub http_addr: SocketAddr,
+    /// Where the operator console is served (`serve console`, and `up`).
+    #[arg(
+        long,
+        env = "PAYSTREAM_CONSOLE_ADDR",
+        default_value = "127.0.0.1:9465",
+        global = true
+    )]
+    pub console_addr: SocketAddr,
+    /// A console session ends after this long without a request (its NATS connection closes).
+    #[arg(long, env = "PAYSTREAM_CONSOLE_SESSION_TTL", default_value = "30m", value_parser = parse_duration, global = true)]
+    pub console_session_ttl: Duration,
     /// PSP base URL. When set, `up` starts no simulator.
     #[arg(long, env = "PAYSTREAM_PSP_URL", global = true)]
     pub psp_url: Option<String>,

@@ -244,4 +244,6 @@ pub enum Service {
     Ledger,
     Dlq,
     Reconciler,
+    /// The operator console (web) on PAYSTREAM_CONSOLE_ADDR.
+    Console,
 }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod dlq;
 pub mod dlq_index;
 pub mod dlq_watch;

@@ -71,7 +71,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = cli.config;
     match cli.command {
         Command::Up => {
-            let app = app::start(cfg, Parts::all()).await?;
+            let parts = Parts {
+                console: true,
+                ..Parts::all()
+            };
+            let app = app::start(cfg, parts).await?;
             tracing::info!(nats = ?app.nats_url, psp = ?app.psp_url, http = %app.http_addr, "paystream is up");
             app.run_until_signal().await.map_err(anyhow::Error::msg)?;
         }
@@ -82,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ledger: service == Service::Ledger,
                 dlq: service == Service::Dlq,
                 reconciler: service == Service::Reconciler,
+                console: service == Service::Console,
                 ..Parts::default()
             };
             app::start(cfg, parts)

@@ -7,6 +7,8 @@ mod bad_input;
 mod bench_smoke;
 mod cancel;
 mod cli;
+mod console;
+mod console_scale;
 mod crash;
 mod dead_letters;
 mod faults;

@@ -43,6 +43,7 @@ fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Up {
         )
         .env("PAYSTREAM_EMBEDDED_NATS_PORT", "0")
         .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PSP_SIM_ADDR", "127.0.0.1:0")
         .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
