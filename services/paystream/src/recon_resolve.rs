@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use paystream_common::time::{now_ms, rfc3339_ms};
-use paystream_reconciler::report::{Report, ReportRow, Resolution, csv_field};
+use paystream_reconciler::report::{Report, ReportRow, Resolution, csv_line};
 use paystream_reconciler::{ReconError, parse_date};
 use sea_orm::entity::prelude::*;
 use sea_orm::{QueryOrder, Set};
@@ -227,13 +227,7 @@ async fn write_files(db: &DatabaseConnection, report: &mut Report) -> Result<(),
             rfc3339_ms(r.at_ms),
             r.note,
         ];
-        for (i, c) in cells.iter().enumerate() {
-            if i > 0 {
-                csv.push(',');
-            }
-            csv_field(&mut csv, c);
-        }
-        csv.push('\n');
+        csv_line(&mut csv, &cells);
     }
     tokio::fs::write(&csv_path, csv).await?;
     report.files.resolutions = Some(csv_path.display().to_string());

@@ -29,11 +29,11 @@ pub const PAGE_MAX: usize = 1_000;
 #[derive(Debug, Serialize)]
 pub struct Timeline {
     pub payment_id: String,
+    pub state: String,
     pub buyer_id: String,
     pub merchant_id: String,
     pub amount: i64,
     pub currency: String,
-    pub state: String,
     pub request: Request,
     /// Entries in time order (this page of them).
     pub entries: Vec<Entry>,
@@ -175,11 +175,11 @@ pub async fn timeline(
     let entries: Vec<Entry> = entries.into_iter().skip(offset).take(limit).collect();
     Ok(Timeline {
         payment_id: pid,
+        state: row.state,
         buyer_id: row.buyer_id,
         merchant_id: row.merchant_id,
         amount: row.amount,
         currency: row.currency,
-        state: row.state,
         request: Request {
             stream: PAYMENTS.into(),
             seq: row.request_seq,

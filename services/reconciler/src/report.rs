@@ -127,7 +127,7 @@ pub async fn listed(
     Ok(out)
 }
 
-pub fn csv_field(out: &mut String, s: &str) {
+fn csv_field(out: &mut String, s: &str) {
     if s.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
@@ -135,6 +135,17 @@ pub fn csv_field(out: &mut String, s: &str) {
     } else {
         out.push_str(s);
     }
+}
+
+/// One CSV record of `cells`, newline included.
+pub fn csv_line(out: &mut String, cells: &[String]) {
+    for (i, c) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_field(out, c);
+    }
+    out.push('\n');
 }
 
 /// Writes `<dir>/<run_id>.json` and `<dir>/<run_id>.csv` (every non-matched row, page by page).
@@ -180,13 +191,7 @@ pub async fn write_files(
                 r.correction.unwrap_or_default(),
                 r.detail,
             ];
-            for (i, c) in cells.iter().enumerate() {
-                if i > 0 {
-                    text.push(',');
-                }
-                csv_field(&mut text, c);
-            }
-            text.push('\n');
+            csv_line(&mut text, &cells);
         }
         csv.write_all(text.as_bytes()).await?;
     }

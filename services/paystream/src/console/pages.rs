@@ -718,13 +718,7 @@ pub async fn recon_csv(
                         .map(|k| text(&r["resolution"][*k])),
                 )
                 .collect::<Vec<_>>();
-                for (i, cell) in cells.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    paystream_reconciler::report::csv_field(&mut out, cell);
-                }
-                out.push('\n');
+                paystream_reconciler::report::csv_line(&mut out, &cells);
             }
             let next = match page["next_after"].as_i64() {
                 Some(after) => call(

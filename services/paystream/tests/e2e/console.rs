@@ -18,7 +18,7 @@ use paystream_testkit::Backend;
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dead_letters::{POISON, inject_fault, remove_fault};
-use crate::helpers::{Env, eventually, scalar, sim_payment};
+use crate::helpers::{Env, eventually, reconcile_an_unknown_payment, scalar, sim_payment};
 
 const DAY: &str = "2026-11-30";
 
@@ -94,20 +94,7 @@ async fn operators_work_from_the_console_in_a_browser() {
     remove_fault(&db).await;
 
     // A reconciliation with a row for manual review (a payment we never received).
-    let file = env.data.path().join("settlement.csv");
-    std::fs::write(
-        &file,
-        format!(
-            "psp_reference,payment_id,merchant_id,type,amount,currency,settled_at\n\
-             ch_console_1,{},m-elsewhere,charge,990,USD,{DAY}T10:00:00Z\n",
-            PaymentId::new_random()
-        ),
-    )
-    .unwrap();
-    let rec = paystream::recon::reconciler(&env.cfg, db.clone(), None);
-    let report = paystream::recon::run(&rec, DAY, Some(file.to_str().unwrap()), "test")
-        .await
-        .expect("reconciliation runs");
+    let report = reconcile_an_unknown_payment(&env, DAY).await;
     assert_eq!(report.manual_review.len(), 1, "{report:?}");
 
     let root = repo_root();

@@ -12,7 +12,7 @@ use paystream_common::nats;
 use paystream_testkit::Backend;
 use serde_json::{Value, json};
 
-use crate::helpers::{Env, publish_all, requests, wait_settled};
+use crate::helpers::{Env, publish_all, reconcile_an_unknown_payment, requests, wait_settled};
 use crate::security::paystream_cli;
 
 const DAY: &str = "2026-11-30";
@@ -75,20 +75,7 @@ async fn timelines_and_resolutions_over_nats() {
     );
 
     // A day with a row for manual review.
-    let file = env.data.path().join("day.csv");
-    std::fs::write(
-        &file,
-        format!(
-            "psp_reference,payment_id,merchant_id,type,amount,currency,settled_at\n\
-             ch_tl_1,{},m-other,charge,990,USD,{DAY}T10:00:00Z\n",
-            PaymentId::new_random()
-        ),
-    )
-    .unwrap();
-    let rec = paystream::recon::reconciler(&env.cfg, db.clone(), None);
-    paystream::recon::run(&rec, DAY, Some(file.to_str().unwrap()), "test")
-        .await
-        .unwrap();
+    reconcile_an_unknown_payment(&env, DAY).await;
     let resolve = json!({"date": DAY, "line": 2, "note": "another platform's charge"});
     let (viewer, viewer_errors) = env.client_as("viewer").await;
     let refused =
