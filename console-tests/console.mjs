@@ -53,8 +53,15 @@ try {
   // A wrong password is refused.
   const refused = await signIn(page, URL, 'viewer', 'not-the-password');
   check(refused.status() === 401, `a wrong password gets 401 (got ${refused.status()})`);
-  check((await page.content()).includes('NATS refused this user and password.'), 'and says why');
+  check((await page.content()).includes('NATS refused these credentials.'), 'and says why');
   await shot(page, 'sign-in-refused');
+  // So is a creds file that is not one (and nothing of it is echoed back).
+  await page.goto(`${URL}/signin`);
+  await page.click('summary');
+  await page.fill('textarea[name=creds]', 'not a creds file');
+  const [badCreds] = await Promise.all([page.waitForNavigation(), page.click('main button[type=submit]')]);
+  check(badCreds.status() === 401, `unusable creds get 401 (got ${badCreds.status()})`);
+  check((await page.content()).includes('Unusable creds'), 'and says why');
 
   // Without a session every page is the sign-in page.
   const anon = await page.goto(`${URL}/dead-letters`);

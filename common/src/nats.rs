@@ -106,6 +106,8 @@ pub enum Auth {
         password: Secret,
     },
     Creds(std::path::PathBuf),
+    /// A creds file's content (the console's sign-in: never written to disk).
+    CredsText(Secret),
 }
 
 impl Auth {
@@ -115,6 +117,7 @@ impl Auth {
             Self::Anonymous => "an anonymous client".into(),
             Self::UserPassword { user, .. } => format!("user {user:?}"),
             Self::Creds(p) => format!("creds file {}", p.display()),
+            Self::CredsText(_) => "the creds given".into(),
         }
     }
 }
@@ -318,6 +321,18 @@ pub async fn connect_reporting(
     }
 }
 
+/// Connects once as `auth` (the console's sign-in), reporting the server's errors.
+pub async fn connect_with(
+    cfg: &Config,
+    name: &str,
+    auth: &Auth,
+) -> Result<(Client, ServerErrors), ConnectError> {
+    let errors = ServerErrors::default();
+    let url = resolve_url(cfg)?;
+    let client = connect_once(cfg, &url, auth, name, &errors).await?;
+    Ok((client, errors))
+}
+
 /// Connects as a service (`retry_forever`) or a command.
 pub async fn connect(
     cfg: &Config,
@@ -373,6 +388,14 @@ async fn connect_once(
                         path: path.display().to_string(),
                         source,
                     })?;
+        }
+        Auth::CredsText(text) => {
+            opts = opts
+                .credentials(&text.0)
+                .map_err(|source| ConnectError::Credentials {
+                    path: "(creds given at sign-in)".into(),
+                    source,
+                })?;
         }
     }
     if let Some(ca) = &cfg.nats_tls_ca {

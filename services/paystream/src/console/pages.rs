@@ -9,8 +9,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use paystream_common::config::{Config, Secret};
-use paystream_common::nats::{self, ConnectError, Role};
+use paystream_common::config::Secret;
+use paystream_common::nats::{self, Auth, ConnectError};
 use serde_json::{Value, json};
 
 use super::html::{self, Cell, Frame, esc, link, t, url};
@@ -58,10 +58,12 @@ pub fn sign_in_page(message: Option<&str>, user: &str) -> String {
         "Sign in",
         None,
         &format!(
-            r#"{note}<p>Sign in with your NATS user and password: the console acts as you, with your NATS permissions, and the audit trail names you.</p>
+            r#"{note}<p>Sign in with your NATS user and password, or a creds file: the console acts as you, with your NATS permissions, and the audit trail names you.</p>
 <form method="post" action="/signin">
-<p><label>NATS user<br><input name="user" autocomplete="username" value="{}" required></label></p>
-<p><label>Password<br><input name="password" type="password" autocomplete="current-password" required></label></p>
+<p><label>NATS user<br><input name="user" autocomplete="username" value="{}"></label></p>
+<p><label>Password<br><input name="password" type="password" autocomplete="current-password"></label></p>
+<details><summary>Or sign in with a creds file (JWT and nkey seed)</summary>
+<p><label>Paste the creds file<br><textarea name="creds" rows="8" cols="70" spellcheck="false" autocomplete="off"></textarea></label></p></details>
 <p><button class="primary" type="submit">Sign in</button></p></form>"#,
             esc(user)
         ),
@@ -82,34 +84,52 @@ pub async fn sign_in(State(c): State<Console>, headers: HeaderMap, body: Bytes) 
     let form: HashMap<String, String> = html::form_pairs(&body).into_iter().collect();
     let user = form.get("user").map(|u| u.trim()).unwrap_or("").to_owned();
     let password = form.get("password").cloned().unwrap_or_default();
+    let creds = form.get("creds").map(|c| c.trim()).unwrap_or("").to_owned();
     let refused = |status: StatusCode, msg: &str, user: &str| {
         (status, Html(sign_in_page(Some(msg), user))).into_response()
     };
-    if user.is_empty() || password.is_empty() || user.len() > 128 {
+    let (auth, who) = if !creds.is_empty() {
+        // A creds file pasted whole; the name shown is the one typed, if any (the audit trail's
+        // is the server's).
+        let who = if user.is_empty() {
+            "creds user".to_owned()
+        } else {
+            user.clone()
+        };
+        (Auth::CredsText(Secret(creds)), who)
+    } else if !user.is_empty() && !password.is_empty() && user.len() <= 128 {
+        (
+            Auth::UserPassword {
+                user: user.clone(),
+                password: Secret(password),
+            },
+            user.clone(),
+        )
+    } else {
         return refused(
             StatusCode::BAD_REQUEST,
-            "Give a NATS user and password.",
+            "Give a NATS user and password, or paste a creds file.",
             &user,
         );
-    }
-    let cfg = Config {
-        nats_user: Some(user.clone()),
-        nats_password: Some(Secret(password)),
-        nats_password_file: None,
-        nats_creds: None,
-        ..c.cfg.clone()
     };
-    let (client, errors) = match nats::connect_as(&cfg, "paystream-console", Role::Operator, false)
-        .await
-    {
+    let user = who;
+    let (client, errors) = match nats::connect_with(&c.cfg, "paystream-console", &auth).await {
         Ok(c) => c,
         Err(ConnectError::Refused { .. }) => {
             metrics::counter!(names::SIGN_INS, "outcome" => "refused").increment(1);
             tracing::warn!(user = %paystream_common::text::bounded(&user, 64), "console sign-in refused by NATS");
             return refused(
                 StatusCode::UNAUTHORIZED,
-                "NATS refused this user and password.",
+                "NATS refused these credentials.",
                 &user,
+            );
+        }
+        Err(e @ ConnectError::Credentials { .. }) => {
+            metrics::counter!(names::SIGN_INS, "outcome" => "refused").increment(1);
+            return refused(
+                StatusCode::UNAUTHORIZED,
+                &format!("Unusable creds: {e}"),
+                "",
             );
         }
         Err(e) => {

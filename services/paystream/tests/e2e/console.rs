@@ -3,7 +3,8 @@
 //! nats-server: a viewer finds a dead-lettered payment by its id, sees its timeline and cannot
 //! redrive it (not offered, and refused by NATS when forced); an operator redrives it and the
 //! payment completes, charged once, with an audit row naming them; an operator resolves a
-//! reconciliation row; a wrong password, a forged session and an expired session are refused.
+//! reconciliation row; a wrong password, unusable creds, a forged session and an expired session
+//! are refused.
 //! The script saves a screenshot of each page into `docs/console/`.
 
 use std::path::PathBuf;
@@ -181,7 +182,7 @@ async fn operators_work_from_the_console_in_a_browser() {
     assert!(files.contains("operator"), "{files}");
     let metrics = env.metrics().await;
     assert!(
-        metrics.contains("paystream_console_sign_ins_total{outcome=\"refused\"} 1"),
+        metrics.contains("paystream_console_sign_ins_total{outcome=\"refused\"} 2"),
         "{}",
         metrics
             .lines()
