@@ -95,7 +95,7 @@ async fn operators_work_from_the_console_in_a_browser() {
     remove_fault(&db).await;
 
     // A reconciliation with a row for manual review (a payment we never received).
-    let report = reconcile_an_unknown_payment(&env, DAY).await;
+    let report = reconcile_an_unknown_payment(&env, DAY, &[]).await;
     assert_eq!(report.manual_review.len(), 1, "{report:?}");
 
     let root = repo_root();

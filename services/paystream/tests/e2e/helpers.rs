@@ -500,18 +500,20 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Reconciles `day` against a settlement file with one charge of a payment we never received
-/// (line 2: `unknown_payment`, for manual review).
+/// (line 2: `unknown_payment`, for manual review), then the lines `more`.
 pub async fn reconcile_an_unknown_payment(
     env: &Env,
     day: &str,
+    more: &[String],
 ) -> paystream_reconciler::report::Report {
     let file = env.data.path().join(format!("{day}.csv"));
     std::fs::write(
         &file,
         format!(
             "psp_reference,payment_id,merchant_id,type,amount,currency,settled_at\n\
-             ch_unknown_1,{},m-elsewhere,charge,990,USD,{day}T10:00:00Z\n",
-            paystream_common::ids::PaymentId::new_random()
+             ch_unknown_1,{},m-elsewhere,charge,990,USD,{day}T10:00:00Z\n{}",
+            paystream_common::ids::PaymentId::new_random(),
+            more.iter().map(|l| format!("{l}\n")).collect::<String>()
         ),
     )
     .expect("settlement file written");

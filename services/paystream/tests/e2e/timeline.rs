@@ -1,7 +1,7 @@
 //! `paystream timeline` and `paystream.recon.resolve` over NATS on a secure server, without a
 //! browser: the timeline of a real payment has each kind of fact the services recorded (request,
 //! states, the PSP attempt with its latency, the event, wallet and ledger applying it); an unknown
-//! id exits 1; a viewer may read the timeline but not resolve; an operator's resolution needs a
+//! id exits 1; a reconciliation's row and correction of it join its timeline; a viewer may read the timeline but not resolve; an operator's resolution needs a
 //! note, is audited under their name and shows in `recon report` and its files.
 
 use std::time::Duration;
@@ -75,7 +75,31 @@ async fn timelines_and_resolutions_over_nats() {
     );
 
     // A day with a row for manual review.
-    reconcile_an_unknown_payment(&env, DAY).await;
+    // Line 3: our payment, settled for 5 more than we hold: corrected by an `adjusted` event.
+    let ours = &pay[0];
+    let adjusted = format!(
+        "ch_tl_adj,{pid},{},charge,{},{},{DAY}T11:00:00Z",
+        ours.merchant_id,
+        ours.amount.minor() + 5,
+        ours.currency
+    );
+    reconcile_an_unknown_payment(&env, DAY, &[adjusted]).await;
+    let tl: Value = serde_json::from_slice(
+        &paystream_cli(&env, "viewer", &["timeline", &pid, "--json"]).stdout,
+    )
+    .unwrap();
+    let entries = tl["entries"].as_array().unwrap();
+    let correction = entries
+        .iter()
+        .find(|e| e["kind"] == "correction")
+        .unwrap_or_else(|| panic!("no correction in {tl}"));
+    assert_eq!(correction["fields"]["delta_minor"], 5, "{correction}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "recon_row" && e["fields"]["class"] == "amount_mismatch"),
+        "{tl}"
+    );
     let resolve = json!({"date": DAY, "line": 2, "note": "another platform's charge"});
     let (viewer, viewer_errors) = env.client_as("viewer").await;
     let refused =
