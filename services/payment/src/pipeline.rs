@@ -19,6 +19,7 @@ use metrics::gauge;
 use paystream_common::consume::Verdict;
 use paystream_common::ids::PaymentId;
 use paystream_common::ingress::PaymentRequest;
+use paystream_common::payment::Change;
 use paystream_common::shutdown::Shutdown;
 use paystream_common::telemetry::names;
 use sea_orm::DatabaseConnection;
@@ -26,7 +27,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::gate::{Gate, Health};
 use crate::psp::Psp;
-use crate::store::{self, Change, Recorded};
+
+use crate::store::{self, Recorded};
 
 /// Most outcomes one recorder transaction commits.
 const GROUP_MAX: usize = 512;
