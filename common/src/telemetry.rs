@@ -65,6 +65,7 @@ pub mod names {
     pub const READY: &str = "paystream_ready";
     pub const SWEEPER_ATTEMPTS: &str = "paystream_sweeper_attempts_total";
     pub const SWEEPER_EXHAUSTED: &str = "paystream_sweeper_exhausted";
+    pub const PAYMENT_CORRUPT_ROWS: &str = "paystream_payment_corrupt_rows_total";
     pub const PAYMENTS_UNKNOWN: &str = "paystream_payments_unknown";
     pub const DEAD_LETTERS: &str = "paystream_dead_letters_total";
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
@@ -123,6 +124,19 @@ pub const REJECTION_FIELDS: [&str; 9] = [
     "currency",
     "metadata",
     "reason",
+];
+/// Columns of a payment row that `paystream_payment::store::parse_row` checks.
+pub const PAYMENT_COLUMNS: [&str; 10] = [
+    "payment_id",
+    "buyer_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "state",
+    "version",
+    "attempts",
+    "metadata",
+    "request_seq",
 ];
 pub const PSP_OPS: [&str; 3] = ["charge", "refund", "lookup"];
 /// States of the PSP circuit breaker, the `to` label of its transitions.
@@ -409,6 +423,13 @@ fn register_catalogue() {
         counter!(SWEEPER_ATTEMPTS, "outcome" => outcome).absolute(0);
     }
     gauge!(SWEEPER_EXHAUSTED).set(0.0);
+    describe_counter!(
+        PAYMENT_CORRUPT_ROWS,
+        "Payment rows read whose column does not hold what it must, by column: the row is named in the log and never acted on."
+    );
+    for column in PAYMENT_COLUMNS {
+        counter!(PAYMENT_CORRUPT_ROWS, "column" => column).absolute(0);
+    }
     gauge!(PAYMENTS_UNKNOWN).set(0.0);
     describe_counter!(
         DEAD_LETTERS,

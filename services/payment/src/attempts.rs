@@ -12,7 +12,7 @@ use paystream_common::time::now_ms;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ConnectionTrait, QueryOrder, QuerySelect, Set};
 
-use crate::store::Change;
+use paystream_common::payment::Change;
 
 pub mod attempt {
     use sea_orm::entity::prelude::*;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use paystream_common::consume::{Reply, Verdict};
 use paystream_common::failpoint;
+use paystream_common::payment::{Change, Plan, Requested};
 use paystream_common::state::Trigger;
 use paystream_common::time::now_ms;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -17,7 +18,7 @@ use crate::attempts::Attempt;
 use crate::outcome::{self, Decision};
 use crate::pipeline::{Join, Pipeline, Work};
 use crate::psp::{ChargeRequest, Psp};
-use crate::store::{self, Change, Plan, Requested};
+use crate::store;
 
 /// Handles the payment requests of one batch; fills `replies` at their indexes.
 pub(crate) async fn pay<P: Psp>(
@@ -87,7 +88,7 @@ pub(crate) async fn pay<P: Psp>(
         .zip(plans.into_iter().zip(slots))
     {
         let now = match plan {
-            Plan::Execute { attempt } => {
+            Plan::Execute { attempt, .. } => {
                 let mut waiters = Vec::with_capacity(indexes.len());
                 let mut receivers = Vec::with_capacity(indexes.len());
                 for _ in &indexes {
@@ -136,7 +137,7 @@ pub(crate) async fn pay<P: Psp>(
 async fn charge<P: Psp>(
     pipe: Arc<Pipeline<P>>,
     requested: Requested,
-    attempt: i32,
+    attempt: u32,
     slot: OwnedSemaphorePermit,
 ) {
     let Requested { req, seq, .. } = &requested;
@@ -144,7 +145,7 @@ async fn charge<P: Psp>(
     let verdict = async {
         let charge = ChargeRequest {
             payment_id: req.payment_id,
-            amount: req.amount.minor(),
+            amount: req.amount,
             currency: req.currency,
             merchant_id: &req.merchant_id,
             metadata: &req.metadata,

@@ -19,6 +19,7 @@ use metrics::gauge;
 use paystream_common::consume::Verdict;
 use paystream_common::ids::PaymentId;
 use paystream_common::ingress::PaymentRequest;
+use paystream_common::payment::Change;
 use paystream_common::shutdown::Shutdown;
 use paystream_common::telemetry::names;
 use sea_orm::DatabaseConnection;
@@ -27,7 +28,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use crate::attempts::{self, Attempt};
 use crate::gate::{Gate, Health};
 use crate::psp::Psp;
-use crate::store::{self, Change, Recorded, StoreError};
+use crate::store::{self, Recorded, StoreError};
 
 /// Most outcomes one recorder transaction commits.
 const GROUP_MAX: usize = 512;

@@ -120,6 +120,10 @@ pub enum Command {
         /// Share of PSP calls (0.0–1.0) that hang until `PAYSTREAM_PSP_TIMEOUT`.
         #[arg(long, value_parser = paystream_common::config::parse_rate)]
         psp_timeout_rate: Option<f64>,
+        /// Then a brownout: payments at `--rate` for 5 s, the simulator failing every call for
+        /// this many seconds, 20 s more; reports FAILUREs (none), UNKNOWNs and the recovery.
+        #[arg(long)]
+        psp_brownout_s: Option<u64>,
         #[arg(long)]
         json: bool,
     },

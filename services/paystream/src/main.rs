@@ -219,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             psp_latency_ms,
             psp_latency_p99_ms,
             psp_timeout_rate,
+            psp_brownout_s,
             json,
         } => {
             let opts = paystream::bench::BenchOptions {
@@ -227,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     latency_ms: psp_latency_ms,
                     latency_p99_ms: psp_latency_p99_ms,
                     timeout_rate: psp_timeout_rate.unwrap_or(0.0),
+                    brownout_s: psp_brownout_s,
                 },
                 payments,
                 rate,
