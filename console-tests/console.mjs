@@ -85,6 +85,12 @@ try {
   check(body.includes('dead_letter') && body.includes('dead-lettered by wallet'), 'and the dead letter');
   check(body.includes('ledger applied'), 'and the ledger applying the event');
   await shot(page, 'timeline-dead-lettered');
+  // A payment nobody sent: a page that says so.
+  const missing = await page.goto(`${URL}/payments/00000000-0000-4000-8000-000000000000`);
+  check(missing.status() === 404, `a missing payment gets 404 (got ${missing.status()})`);
+  check((await page.textContent('main')).includes('not found'), 'and says so');
+  await shot(page, 'payment-not-found');
+  await page.goto(`${URL}/payments/${PAYMENT}`);
   await Promise.all([page.waitForNavigation(), page.click('a:has-text("open dead letter")')]);
   body = await page.textContent('main');
   check(body.includes('injected fault'), 'the dead letter shows its reason');
