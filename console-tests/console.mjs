@@ -90,6 +90,8 @@ try {
   check(missing.status() === 404, `a missing payment gets 404 (got ${missing.status()})`);
   check((await page.textContent('main')).includes('not found'), 'and says so');
   await shot(page, 'payment-not-found');
+  const noPage = await page.goto(`${URL}/no-such-page`);
+  check(noPage.status() === 404, `an unknown page gets 404 (got ${noPage.status()})`);
   await page.goto(`${URL}/payments/${PAYMENT}`);
   await Promise.all([page.waitForNavigation(), page.click('a:has-text("open dead letter")')]);
   body = await page.textContent('main');

@@ -55,6 +55,7 @@ pub enum Failure {
     /// A form without the session's CSRF token, or from another origin.
     Forged,
     BadRequest(String),
+    NotFound(String),
     /// What the NATS server or the paystream service said.
     Service(OperatorError),
 }
@@ -84,6 +85,7 @@ impl IntoResponse for Failure {
                 "This form did not carry this session's token (or came from another site): nothing was done. Go back, reload the page and try again.".to_owned(),
             ),
             Failure::BadRequest(e) => (StatusCode::BAD_REQUEST, "Bad request", e),
+            Failure::NotFound(e) => (StatusCode::NOT_FOUND, "Not found", e),
             Failure::Service(e) => match &e {
                 OperatorError::NotPermitted(subject, refusal) => (
                     StatusCode::FORBIDDEN,
@@ -263,7 +265,7 @@ pub fn router(console: Console) -> Router {
                 )
             }),
         )
-        .fallback(|| async { Failure::BadRequest("No such page.".into()).into_response() })
+        .fallback(|| async { Failure::NotFound("No such page.".into()).into_response() })
         .layer(middleware::from_fn_with_state(console.clone(), guard))
         .with_state(console)
 }
