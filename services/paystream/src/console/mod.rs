@@ -225,6 +225,19 @@ async fn guard(State(c): State<Console>, req: Request, next: Next) -> Response {
     res
 }
 
+/// The `page` label's values.
+const PAGES: [&str; 9] = [
+    "overview",
+    "signin",
+    "signout",
+    "dead_letters",
+    "recon",
+    "payments",
+    "audit",
+    "static",
+    "other",
+];
+
 /// A bounded label for the metrics (ids and dates left out).
 fn route_label(path: &str) -> &'static str {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -290,6 +303,9 @@ pub async fn start(
     metrics::describe_gauge!(names::SESSIONS, "Console sessions open.");
     for outcome in ["ok", "refused", "error"] {
         metrics::counter!(names::SIGN_INS, "outcome" => outcome).absolute(0);
+    }
+    for page in PAGES {
+        metrics::counter!(names::REQUESTS, "page" => page, "status" => "200").absolute(0);
     }
     metrics::gauge!(names::SESSIONS).set(0.0);
     let listener = tokio::net::TcpListener::bind(addr).await?;
