@@ -58,6 +58,7 @@ pub mod names {
     pub const EVENTS_DUPLICATE: &str = "paystream_events_duplicate_total";
     pub const CONSUMER_MESSAGES: &str = "paystream_consumer_messages_total";
     pub const CONSUMER_BATCH_SIZE: &str = "paystream_consumer_batch_size";
+    pub const RECORD_GROUP_SIZE: &str = "paystream_payment_record_group_size";
     pub const CONSUMER_BATCH_DURATION: &str = "paystream_consumer_batch_duration_seconds";
     pub const CONSUMER_RETRIES: &str = "paystream_consumer_retries_total";
     pub const CONSUMER_TERMINATED: &str = "paystream_consumer_terminated_total";
@@ -208,6 +209,12 @@ pub fn install_metrics() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
+                        Matcher::Full(names::RECORD_GROUP_SIZE.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
                         Matcher::Full(names::RECON_DURATION.into()),
                         RECON_SECONDS_BUCKETS,
                     )
@@ -287,6 +294,11 @@ fn register_catalogue() {
         "Messages handled by consumer and verdict (ack, retry, term)."
     );
     describe_histogram!(CONSUMER_BATCH_SIZE, "Messages per consumer batch.");
+    describe_histogram!(
+        RECORD_GROUP_SIZE,
+        "PSP outcomes committed per transaction by the payment service's group commit."
+    );
+    let _ = histogram!(RECORD_GROUP_SIZE);
     describe_histogram!(
         CONSUMER_BATCH_DURATION,
         Unit::Seconds,

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::gauge;
+use metrics::{gauge, histogram};
 use paystream_common::consume::Verdict;
 use paystream_common::ids::PaymentId;
 use paystream_common::ingress::PaymentRequest;
@@ -238,6 +238,7 @@ async fn run_recorder(
                 },
             }
         }
+        histogram!(names::RECORD_GROUP_SIZE).record(group.len() as f64);
         let mut changes = Vec::with_capacity(group.len());
         let mut tried = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
