@@ -28,9 +28,12 @@ RUN apt-get update \
 COPY --from=build /out/paystream /usr/local/bin/paystream
 USER 10001:10001
 WORKDIR /var/lib/paystream
+# The operator console (`up`, `serve console`) speaks plain HTTP: publish it to the host's
+# loopback only (`-p 127.0.0.1:9465:9465`) or behind a TLS proxy.
 ENV PAYSTREAM_DATA_DIR=/var/lib/paystream \
-    PAYSTREAM_HTTP_ADDR=0.0.0.0:9464
-EXPOSE 9464 8081
+    PAYSTREAM_HTTP_ADDR=0.0.0.0:9464 \
+    PAYSTREAM_CONSOLE_ADDR=0.0.0.0:9465
+EXPOSE 9464 9465 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD curl -fsS -o /dev/null http://127.0.0.1:9464/readyz || exit 1
 # OCI labels, last: a build argument that changes (REVISION, CREATED) invalidates the layers

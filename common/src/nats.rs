@@ -160,6 +160,8 @@ pub enum Auth {
         password: Secret,
     },
     Creds(std::path::PathBuf),
+    /// A creds file's content (the console's sign-in: never written to disk).
+    CredsText(Secret),
 }
 
 impl Auth {
@@ -169,6 +171,7 @@ impl Auth {
             Self::Anonymous => "an anonymous client".into(),
             Self::UserPassword { user, .. } => format!("user {user:?}"),
             Self::Creds(p) => format!("creds file {}", p.display()),
+            Self::CredsText(_) => "the creds given".into(),
         }
     }
 }
@@ -417,6 +420,18 @@ pub async fn connect_reporting(
     }
 }
 
+/// Connects once as `auth` (the console's sign-in), reporting the server's errors.
+pub async fn connect_with(
+    cfg: &ClientConfig,
+    name: &str,
+    auth: &Auth,
+) -> Result<(Client, ServerErrors), ConnectError> {
+    let errors = ServerErrors::default();
+    let url = resolve_url(cfg)?;
+    let client = connect_once(cfg, &url, auth, name, &errors).await?;
+    Ok((client, errors))
+}
+
 /// Connects as a service (`retry_forever`) or a command.
 pub async fn connect(
     cfg: &ClientConfig,
@@ -472,6 +487,14 @@ async fn connect_once(
                         path: path.display().to_string(),
                         source,
                     })?;
+        }
+        Auth::CredsText(text) => {
+            opts = opts
+                .credentials(&text.0)
+                .map_err(|source| ConnectError::Credentials {
+                    path: "(creds given at sign-in)".into(),
+                    source,
+                })?;
         }
     }
     let context_ca = match &cfg.nats_tls_ca {

@@ -58,6 +58,7 @@ pub mod names {
     pub const EVENTS_DUPLICATE: &str = "paystream_events_duplicate_total";
     pub const CONSUMER_MESSAGES: &str = "paystream_consumer_messages_total";
     pub const CONSUMER_BATCH_SIZE: &str = "paystream_consumer_batch_size";
+    pub const RECORD_GROUP_SIZE: &str = "paystream_payment_record_group_size";
     pub const CONSUMER_BATCH_DURATION: &str = "paystream_consumer_batch_duration_seconds";
     pub const CONSUMER_RETRIES: &str = "paystream_consumer_retries_total";
     pub const CONSUMER_TERMINATED: &str = "paystream_consumer_terminated_total";
@@ -65,6 +66,7 @@ pub mod names {
     pub const READY: &str = "paystream_ready";
     pub const SWEEPER_ATTEMPTS: &str = "paystream_sweeper_attempts_total";
     pub const SWEEPER_EXHAUSTED: &str = "paystream_sweeper_exhausted";
+    pub const PAYMENT_CORRUPT_ROWS: &str = "paystream_payment_corrupt_rows_total";
     pub const PAYMENTS_UNKNOWN: &str = "paystream_payments_unknown";
     pub const DEAD_LETTERS: &str = "paystream_dead_letters_total";
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
@@ -103,7 +105,7 @@ pub mod names {
 pub const NATS_SERVER_ERROR_KINDS: [&str; 4] =
     ["permission", "authorization", "slow_consumer", "other"];
 /// Mutating operator endpoints (`paystream.dlq.redrive`, …), as audit actions.
-pub const OPERATOR_ACTIONS: [&str; 3] = ["dlq.redrive", "dlq.purge", "recon.run"];
+pub const OPERATOR_ACTIONS: [&str; 4] = ["dlq.redrive", "dlq.purge", "recon.run", "recon.resolve"];
 /// What became of an operator request: done, refused (no trustworthy identity), failed.
 pub const OPERATOR_OUTCOMES: [&str; 3] = ["ok", "refused", "error"];
 
@@ -124,6 +126,19 @@ pub const REJECTION_FIELDS: [&str; 9] = [
     "currency",
     "metadata",
     "reason",
+];
+/// Columns of a payment row that `paystream_payment::store::parse_row` checks.
+pub const PAYMENT_COLUMNS: [&str; 10] = [
+    "payment_id",
+    "buyer_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "state",
+    "version",
+    "attempts",
+    "metadata",
+    "request_seq",
 ];
 pub const PSP_OPS: [&str; 3] = ["charge", "refund", "lookup"];
 /// States of the PSP circuit breaker, the `to` label of its transitions.
@@ -190,6 +205,12 @@ pub fn install_metrics() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(names::CONSUMER_BATCH_SIZE.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::RECORD_GROUP_SIZE.into()),
                         BATCH_BUCKETS,
                     )
                 })
@@ -274,6 +295,11 @@ fn register_catalogue() {
         "Messages handled by consumer and verdict (ack, retry, term)."
     );
     describe_histogram!(CONSUMER_BATCH_SIZE, "Messages per consumer batch.");
+    describe_histogram!(
+        RECORD_GROUP_SIZE,
+        "PSP outcomes committed per transaction by the payment service's group commit."
+    );
+    let _ = histogram!(RECORD_GROUP_SIZE);
     describe_histogram!(
         CONSUMER_BATCH_DURATION,
         Unit::Seconds,
@@ -410,6 +436,13 @@ fn register_catalogue() {
         counter!(SWEEPER_ATTEMPTS, "outcome" => outcome).absolute(0);
     }
     gauge!(SWEEPER_EXHAUSTED).set(0.0);
+    describe_counter!(
+        PAYMENT_CORRUPT_ROWS,
+        "Payment rows read whose column does not hold what it must, by column: the row is named in the log and never acted on."
+    );
+    for column in PAYMENT_COLUMNS {
+        counter!(PAYMENT_CORRUPT_ROWS, "column" => column).absolute(0);
+    }
     gauge!(PAYMENTS_UNKNOWN).set(0.0);
     describe_counter!(
         DEAD_LETTERS,

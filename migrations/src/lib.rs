@@ -10,6 +10,7 @@ mod m20261125_000001_init;
 mod m20261125_000002_dead_letters;
 mod m20261201_000010_ownership;
 mod m20261201_000020_reconciliation;
+mod m20261202_000030_console;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_dead_letters::Migration),
             Box::new(m20261201_000010_ownership::Migration),
             Box::new(m20261201_000020_reconciliation::Migration),
+            Box::new(m20261202_000030_console::Migration),
         ]
     }
 }

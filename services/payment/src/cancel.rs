@@ -10,14 +10,14 @@ use paystream_common::consume::{Reply, Verdict};
 use paystream_common::events::EventKind;
 use paystream_common::ingress::CancelRequest;
 use paystream_common::money::Amount;
+use paystream_common::payment::{Cancellation, Change, Payment, cancellation};
 use paystream_common::state::{PaymentState, Trigger};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
-use crate::entity::payment;
 use crate::pipeline::{Join, Pipeline, Work};
 use crate::psp::{Psp, PspOutcome};
-use crate::store::{self, Change, Recorded};
+use crate::store::{self, CorruptRow, Recorded};
 
 /// A cancellation as it came off the stream.
 pub(crate) struct Cancel {
@@ -68,7 +68,7 @@ pub(crate) async fn cancel<P: Psp>(
         }
     };
     for (i, c) in now {
-        let row = rows.get(&c.req.payment_id.to_string());
+        let row = rows.get(&c.req.payment_id);
         replies[i] = Some(match decide(row, &c.req) {
             Err(verdict) => verdict.into(),
             Ok(amount) => start_refund(pipe, c, amount).await,
@@ -87,7 +87,7 @@ async fn decide_one<P: Psp>(pipe: &Arc<Pipeline<P>>, c: Cancel) -> Verdict {
             };
         }
     };
-    match decide(rows.get(&c.req.payment_id.to_string()), &c.req) {
+    match decide(rows.get(&c.req.payment_id), &c.req) {
         Err(verdict) => verdict,
         Ok(amount) => match start_refund(pipe, c, amount).await {
             Reply::Now(v) => v,
@@ -99,47 +99,48 @@ async fn decide_one<P: Psp>(pipe: &Arc<Pipeline<P>>, c: Cancel) -> Verdict {
     }
 }
 
-/// What a cancellation of the payment in `row` comes to: the amount to refund, or a verdict.
-fn decide(row: Option<&payment::Model>, c: &CancelRequest) -> Result<Amount, Verdict> {
-    let Some(row) = row else {
-        return Err(Verdict::Retry {
+/// What a cancellation of the payment in `row` comes to (`payment::cancellation` decides): the
+/// amount to refund, or a verdict.
+fn decide(row: Option<&Result<Payment, CorruptRow>>, c: &CancelRequest) -> Result<Amount, Verdict> {
+    let payment = match row {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        // Never refunded from a guess: dead-lettered with the row named, for a person.
+        Some(Err(corrupt)) => {
+            return Err(Verdict::Term {
+                label: "payment_id",
+                reason: format!("payment_id: {corrupt}"),
+            });
+        }
+    };
+    match cancellation(payment, c) {
+        Cancellation::Refund(amount) => Ok(amount),
+        Cancellation::AlreadyCancelled => Err(Verdict::Ack),
+        Cancellation::NotReceived => Err(Verdict::Retry {
             label: "cancel_before_payment",
             error: format!("payment {} not received yet", c.payment_id),
-        });
-    };
-    if row.buyer_id != c.buyer_id.as_str() {
-        return Err(Verdict::Term {
+        }),
+        Cancellation::OtherBuyer => Err(Verdict::Term {
             label: "buyer_id",
             reason: format!(
                 "buyer_id: payment {} belongs to another buyer",
                 c.payment_id
             ),
-        });
-    }
-    match store::state_of(row) {
-        Ok(PaymentState::Success) => Amount::new(row.amount).map_err(|e| Verdict::Term {
-            label: "amount",
-            reason: format!("amount: {e}"),
         }),
-        Ok(PaymentState::Cancelled) => Err(Verdict::Ack),
-        Ok(PaymentState::Failure) => Err(Verdict::Term {
+        Cancellation::EndedFailure => Err(Verdict::Term {
             label: "payment_id",
             reason: format!(
                 "payment_id: payment {} ended FAILURE; nothing to cancel",
                 c.payment_id
             ),
         }),
-        Ok(state) => Err(Verdict::Retry {
+        Cancellation::InFlight(state) => Err(Verdict::Retry {
             label: "payment_in_flight",
             error: format!(
                 "payment {} is {}; the cancellation waits for its outcome",
                 c.payment_id,
                 state.as_str()
             ),
-        }),
-        Err(e) => Err(Verdict::Term {
-            label: "database",
-            reason: e.to_string(),
         }),
     }
 }
@@ -173,6 +174,7 @@ async fn refund<P: Psp>(
     let id = c.req.payment_id;
     let span = tracing::info_span!("refund", payment_id = %id, buyer_id = %c.req.buyer_id, stream_seq = c.seq);
     let verdict = async {
+        let call = crate::attempts::Call::start("refund", "cancel");
         let Some(answer) = pipe.call(|| pipe.psp.refund(id, amount)).await else {
             return Verdict::Retry {
                 label: "abandoned",
@@ -192,7 +194,8 @@ async fn refund<P: Psp>(
                         format!("PSP refunded ({psp_reference})"),
                     )
                 };
-                match pipe.recorder.record(change).await {
+                let attempt = call.ended(&change);
+                match pipe.recorder.record_with(change, Some(attempt)).await {
                     Ok(Recorded::Applied(_) | Recorded::Skipped(PaymentState::Cancelled)) => {
                         Verdict::Ack
                     }

@@ -8,15 +8,17 @@ use std::sync::Arc;
 
 use paystream_common::consume::{Reply, Verdict};
 use paystream_common::failpoint;
+use paystream_common::payment::{Change, Plan, Requested};
 use paystream_common::state::Trigger;
 use paystream_common::time::now_ms;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
+use crate::attempts::Attempt;
 use crate::outcome::{self, Decision};
 use crate::pipeline::{Join, Pipeline, Work};
 use crate::psp::{ChargeRequest, Psp};
-use crate::store::{self, Change, Plan, Requested};
+use crate::store;
 
 /// Handles the payment requests of one batch; fills `replies` at their indexes.
 pub(crate) async fn pay<P: Psp>(
@@ -86,7 +88,7 @@ pub(crate) async fn pay<P: Psp>(
         .zip(plans.into_iter().zip(slots))
     {
         let now = match plan {
-            Plan::Execute { attempt } => {
+            Plan::Execute { attempt, .. } => {
                 let mut waiters = Vec::with_capacity(indexes.len());
                 let mut receivers = Vec::with_capacity(indexes.len());
                 for _ in &indexes {
@@ -135,7 +137,7 @@ pub(crate) async fn pay<P: Psp>(
 async fn charge<P: Psp>(
     pipe: Arc<Pipeline<P>>,
     requested: Requested,
-    attempt: i32,
+    attempt: u32,
     slot: OwnedSemaphorePermit,
 ) {
     let Requested { req, seq, .. } = &requested;
@@ -143,11 +145,12 @@ async fn charge<P: Psp>(
     let verdict = async {
         let charge = ChargeRequest {
             payment_id: req.payment_id,
-            amount: req.amount.minor(),
+            amount: req.amount,
             currency: req.currency,
             merchant_id: &req.merchant_id,
             metadata: &req.metadata,
         };
+        let call = crate::attempts::Call::start("charge", "intake");
         let Some(answer) = pipe.call(|| pipe.psp.charge(&charge)).await else {
             // Shut down before the PSP processed anything: the request comes back.
             return Verdict::Retry {
@@ -158,7 +161,10 @@ async fn charge<P: Psp>(
         drop(slot);
         failpoint::hit("payment.after_psp");
         match outcome::of_charge(req.payment_id, answer, "intake") {
-            Decision::Record(change) => record(&pipe, change).await,
+            Decision::Record(change) => {
+                let attempt = call.ended(&change);
+                record(&pipe, change, attempt).await
+            }
             Decision::ConfigError(error) => {
                 // Not the payment's fault: it stays EXECUTING and the request is retried.
                 tracing::error!(%error, "PSP refused our configuration");
@@ -179,7 +185,7 @@ async fn charge<P: Psp>(
 }
 
 /// Commits a charge's outcome; the request is acknowledged once it is.
-async fn record<P: Psp>(pipe: &Pipeline<P>, change: Change) -> Verdict {
+async fn record<P: Psp>(pipe: &Pipeline<P>, change: Change, attempt: Attempt) -> Verdict {
     let change = if change.trigger == Trigger::Indeterminate {
         tracing::warn!(error = ?change.last_error, "PSP outcome unknown; the sweeper will resolve it");
         Change {
@@ -192,7 +198,7 @@ async fn record<P: Psp>(pipe: &Pipeline<P>, change: Change) -> Verdict {
     } else {
         change
     };
-    match pipe.recorder.record(change).await {
+    match pipe.recorder.record_with(change, Some(attempt)).await {
         Ok(result) => {
             failpoint::hit("payment.after_record");
             tracing::debug!(?result, "payment recorded");

@@ -9,13 +9,13 @@ use async_nats::jetstream::Message;
 use metrics::counter;
 use paystream_common::consume::{Handler, Reply, Verdict};
 use paystream_common::ingress::{Command, decode_command};
+use paystream_common::payment::Requested;
 use paystream_common::telemetry::names;
 
 use crate::cancel::{self, Cancel};
 use crate::execute;
 use crate::pipeline::Pipeline;
 use crate::psp::Psp;
-use crate::store::Requested;
 
 pub struct Intake<P: Psp> {
     pub pipe: Arc<Pipeline<P>>,

@@ -10,6 +10,7 @@
 //! Architecture Invariant: only this crate changes payment state, and only through
 //! `paystream_common::state::transition`.
 
+pub mod attempts;
 pub mod breaker;
 pub mod cancel;
 pub mod entity;

@@ -6,7 +6,7 @@ use paystream_common::ids::PaymentId;
 use paystream_common::state::Trigger;
 
 use crate::psp::{PspOutcome, PspPayment};
-use crate::store::Change;
+use paystream_common::payment::Change;
 
 /// What to do with a charge answer.
 #[derive(Debug, Clone)]

@@ -15,18 +15,20 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::gauge;
+use metrics::{gauge, histogram};
 use paystream_common::consume::Verdict;
 use paystream_common::ids::PaymentId;
 use paystream_common::ingress::PaymentRequest;
+use paystream_common::payment::Change;
 use paystream_common::shutdown::Shutdown;
 use paystream_common::telemetry::names;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
+use crate::attempts::{self, Attempt};
 use crate::gate::{Gate, Health};
 use crate::psp::Psp;
-use crate::store::{self, Change, Recorded};
+use crate::store::{self, Recorded, StoreError};
 
 /// Most outcomes one recorder transaction commits.
 const GROUP_MAX: usize = 512;
@@ -173,8 +175,15 @@ impl Flights {
 /// Commits outcomes in groups, as they arrive.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<(Change, oneshot::Sender<Result<Recorded, String>>)>,
+    tx: mpsc::Sender<Outcome>,
 }
+
+/// A change, the PSP attempt that led to it (if any), and who waits for the commit.
+type Outcome = (
+    Change,
+    Option<Attempt>,
+    oneshot::Sender<Result<Recorded, String>>,
+);
 
 impl Recorder {
     /// The recorder and its task (which ends once every `Recorder` clone is gone, after
@@ -189,9 +198,18 @@ impl Recorder {
 
     /// Commits `change` (with others that arrive meanwhile); the error is the database's.
     pub async fn record(&self, change: Change) -> Result<Recorded, String> {
+        self.record_with(change, None).await
+    }
+
+    /// As `record`, with the PSP attempt that led to the change (committed with it).
+    pub async fn record_with(
+        &self,
+        change: Change,
+        attempt: Option<Attempt>,
+    ) -> Result<Recorded, String> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((change, tx))
+            .send((change, attempt, tx))
             .await
             .map_err(|_| "the recorder has stopped".to_owned())?;
         rx.await
@@ -201,7 +219,7 @@ impl Recorder {
 
 async fn run_recorder(
     db: DatabaseConnection,
-    mut rx: mpsc::Receiver<(Change, oneshot::Sender<Result<Recorded, String>>)>,
+    mut rx: mpsc::Receiver<Outcome>,
     outbox: Arc<Notify>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -220,8 +238,16 @@ async fn run_recorder(
                 },
             }
         }
-        let (changes, replies): (Vec<Change>, Vec<_>) = group.into_iter().unzip();
-        match store::record(&db, &changes).await {
+        histogram!(names::RECORD_GROUP_SIZE).record(group.len() as f64);
+        let mut changes = Vec::with_capacity(group.len());
+        let mut tried = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        for (change, attempt, reply) in group {
+            changes.push(change);
+            tried.extend(attempt);
+            replies.push(reply);
+        }
+        match record_group(&db, &changes, tried).await {
             Ok(results) => {
                 assert_eq!(results.len(), changes.len(), "one result per change");
                 outbox.notify_one();
@@ -237,4 +263,18 @@ async fn run_recorder(
             }
         }
     }
+}
+
+/// `store::record` plus the PSP attempts behind the changes, in one transaction.
+async fn record_group(
+    db: &DatabaseConnection,
+    changes: &[Change],
+    tried: Vec<Attempt>,
+) -> Result<Vec<Recorded>, StoreError> {
+    let txn = paystream_common::db::begin_write(db).await?;
+    let results = store::record_in(&txn, changes).await?;
+    attempts::insert(&txn, tried).await?;
+    txn.commit().await?;
+    store::count_transitions(&results);
+    Ok(results)
 }

@@ -102,7 +102,7 @@ pub struct PspPayment {
 pub struct ChargeRequest<'a> {
     #[serde(skip)]
     pub payment_id: PaymentId,
-    pub amount: i64,
+    pub amount: Amount,
     pub currency: Currency,
     pub merchant_id: &'a MerchantId,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -419,7 +419,7 @@ fn describe(e: &reqwest::Error) -> String {
 #[derive(Serialize)]
 struct RefundBody {
     payment_id: PaymentId,
-    amount: i64,
+    amount: Amount,
 }
 
 impl Psp for HttpPsp {
@@ -433,10 +433,7 @@ impl Psp for HttpPsp {
             "refund",
             "/v1/refunds",
             payment_id,
-            &RefundBody {
-                payment_id,
-                amount: amount.minor(),
-            },
+            &RefundBody { payment_id, amount },
         )
         .await
     }

@@ -5,13 +5,12 @@ use std::collections::HashMap;
 
 use metrics::counter;
 use paystream_common::db::begin_write;
-use paystream_common::events::{self, EventKind, PaymentEvent};
 use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
-use paystream_common::ingress::PaymentRequest;
-use paystream_common::money::Currency;
-use paystream_common::state::{IllegalTransition, PaymentState, Trigger, transition};
+use paystream_common::money::{Amount, Currency};
+use paystream_common::payment::{self as domain, Change, Payment, Plan, Requested};
+use paystream_common::state::{IllegalTransition, PaymentState};
 use paystream_common::telemetry::names;
-use paystream_common::time::{now_ms, rfc3339_ms};
+use paystream_common::time::now_ms;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -27,24 +26,61 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
-    #[error("payment {0}: stored state {1:?} is not a payment state")]
-    Corrupt(String, String),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRow),
 }
 
-/// What to do with a payment request after it was recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Call the PSP (attempt n, same idempotency key every time).
-    Execute { attempt: i32 },
-    /// Already past execution: nothing to do but ack.
-    Done(PaymentState),
-    /// The payment_id is taken by a different payment.
-    Conflict(String),
+/// A payment row whose column does not hold what it must: named, never guessed around.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("payment row {payment_id:?}: column {column} holds {value:?}, which is not {what}")]
+pub struct CorruptRow {
+    pub payment_id: String,
+    pub column: &'static str,
+    pub value: String,
+    pub what: &'static str,
 }
 
-pub fn state_of(row: &payment::Model) -> Result<PaymentState, StoreError> {
-    PaymentState::parse(&row.state)
-        .ok_or_else(|| StoreError::Corrupt(row.payment_id.clone(), row.state.clone()))
+/// Parses a payment row into typed values, once. Counted in `paystream_payment_corrupt_rows_total`
+/// when it fails.
+pub fn parse_row(row: &payment::Model) -> Result<Payment, CorruptRow> {
+    let corrupt = |column: &'static str, value: String, what: &'static str| {
+        counter!(names::PAYMENT_CORRUPT_ROWS, "column" => column).increment(1);
+        CorruptRow {
+            payment_id: row.payment_id.clone(),
+            column,
+            value,
+            what,
+        }
+    };
+    Ok(Payment {
+        payment_id: PaymentId::parse(&row.payment_id)
+            .map_err(|_| corrupt("payment_id", row.payment_id.clone(), "a UUID"))?,
+        buyer_id: BuyerId::parse(&row.buyer_id)
+            .map_err(|_| corrupt("buyer_id", row.buyer_id.clone(), "a buyer id"))?,
+        merchant_id: MerchantId::parse(&row.merchant_id)
+            .map_err(|_| corrupt("merchant_id", row.merchant_id.clone(), "a merchant id"))?,
+        amount: Amount::new(row.amount)
+            .map_err(|_| corrupt("amount", row.amount.to_string(), "an amount in 1..=10^12"))?,
+        currency: Currency::parse(&row.currency)
+            .map_err(|_| corrupt("currency", row.currency.clone(), "an ISO 4217 code"))?,
+        state: PaymentState::parse(&row.state)
+            .ok_or_else(|| corrupt("state", row.state.clone(), "a payment state"))?,
+        version: u32::try_from(row.version)
+            .map_err(|_| corrupt("version", row.version.to_string(), "a version ≥ 0"))?,
+        attempts: u32::try_from(row.attempts)
+            .map_err(|_| corrupt("attempts", row.attempts.to_string(), "a count ≥ 0"))?,
+        metadata: serde_json::from_str(&row.metadata)
+            .map_err(|_| corrupt("metadata", row.metadata.clone(), "a JSON map of strings"))?,
+        psp_reference: row.psp_reference.clone(),
+        request_seq: u64::try_from(row.request_seq)
+            .map_err(|_| corrupt("request_seq", row.request_seq.to_string(), "a sequence ≥ 0"))?,
+        requested_at_ms: row.requested_at_ms,
+    })
+}
+
+/// A column value that came from a typed one and must fit its column.
+fn column_i32(n: u32) -> i32 {
+    i32::try_from(n).expect("counts and versions stay below 2^31")
 }
 
 async fn load_locked(
@@ -77,25 +113,32 @@ fn history_row(
     }
 }
 
-fn same_payment(row: &payment::Model, req: &PaymentRequest) -> bool {
-    row.buyer_id == req.buyer_id.as_str()
-        && row.merchant_id == req.merchant_id.as_str()
-        && row.amount == req.amount.minor()
-        && row.currency == req.currency.as_str()
+/// The row of a payment first recorded now, its lease running to `lease_until`.
+fn new_row(p: &Payment, now: i64, lease_until: i64) -> payment::ActiveModel {
+    payment::ActiveModel {
+        payment_id: Set(p.payment_id.to_string()),
+        buyer_id: Set(p.buyer_id.to_string()),
+        merchant_id: Set(p.merchant_id.to_string()),
+        amount: Set(p.amount.minor()),
+        currency: Set(p.currency.to_string()),
+        state: Set(p.state.as_str().to_owned()),
+        version: Set(column_i32(p.version)),
+        attempts: Set(column_i32(p.attempts)),
+        metadata: Set(serde_json::to_string(&p.metadata).expect("a map of strings serializes")),
+        request_seq: Set(i64::try_from(p.request_seq).expect("a stream sequence fits in i64")),
+        requested_at_ms: Set(p.requested_at_ms),
+        psp_reference: Set(None),
+        decline_code: Set(None),
+        last_error: Set(None),
+        next_attempt_at_ms: Set(None),
+        lease_until_ms: Set(Some(lease_until)),
+        created_at_ms: Set(now),
+        updated_at_ms: Set(now),
+    }
 }
 
-/// A payment request as it came off the stream.
-#[derive(Debug, Clone)]
-pub struct Requested {
-    pub req: PaymentRequest,
-    /// PAYMENTS stream sequence.
-    pub seq: u64,
-    /// When JetStream stored it (unix ms).
-    pub published_ms: i64,
-}
-
-/// Records each request (NOT_STARTED → EXECUTING, before any PSP call) and decides what to do.
-/// `reqs` holds distinct payment ids with the PAYMENTS sequence of each request.
+/// Records each request (NOT_STARTED → EXECUTING, before any PSP call) as `payment::plan`
+/// decides, and returns the plans. `reqs` holds distinct payment ids.
 pub async fn begin_execution(
     db: &DatabaseConnection,
     reqs: &[Requested],
@@ -109,77 +152,30 @@ pub async fn begin_execution(
     let mut new_rows = Vec::new();
     let mut hist = Vec::new();
     let mut plans = Vec::with_capacity(reqs.len());
-    for Requested {
-        req,
-        seq,
-        published_ms,
-    } in reqs
-    {
-        let id = req.payment_id.to_string();
-        let Some(row) = existing.get(&id) else {
-            let executing = transition(PaymentState::NotStarted, Trigger::Execute)?;
-            new_rows.push(payment::ActiveModel {
-                payment_id: Set(id.clone()),
-                buyer_id: Set(req.buyer_id.to_string()),
-                merchant_id: Set(req.merchant_id.to_string()),
-                amount: Set(req.amount.minor()),
-                currency: Set(req.currency.to_string()),
-                state: Set(executing.as_str().to_owned()),
-                version: Set(0),
-                attempts: Set(1),
-                metadata: Set(serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into())),
-                request_seq: Set(i64::try_from(*seq).unwrap_or(i64::MAX)),
-                requested_at_ms: Set(*published_ms),
-                psp_reference: Set(None),
-                decline_code: Set(None),
-                last_error: Set(None),
-                next_attempt_at_ms: Set(None),
-                lease_until_ms: Set(Some(lease_until)),
-                created_at_ms: Set(now),
-                updated_at_ms: Set(now),
-            });
-            hist.push(history_row(
-                &id,
-                PaymentState::NotStarted,
-                format!("request received (PAYMENTS seq {seq})"),
-                now,
-            ));
-            hist.push(history_row(&id, executing, "charge attempt 1".into(), now));
-            plans.push(Plan::Execute { attempt: 1 });
-            continue;
-        };
-        if !same_payment(row, req) {
-            plans.push(Plan::Conflict(format!(
-                "payment_id: {id} is already a payment of {} {} from {} to {}",
-                row.amount, row.currency, row.buyer_id, row.merchant_id
-            )));
-            continue;
-        }
-        let state = state_of(row)?;
-        match state {
-            PaymentState::NotStarted | PaymentState::Executing => {
-                // A redelivery after a crash between "EXECUTING written" and the outcome: the PSP
-                // is asked again with the same key, which cannot charge twice.
-                let attempt = row.attempts + 1;
-                let to = transition(state, Trigger::Execute)?;
-                payment::Entity::update_many()
-                    .col_expr(payment::Column::State, Expr::value(to.as_str()))
-                    .col_expr(payment::Column::Attempts, Expr::value(attempt))
-                    .col_expr(payment::Column::UpdatedAtMs, Expr::value(now))
-                    .col_expr(payment::Column::LeaseUntilMs, Expr::value(lease_until))
-                    .filter(payment::Column::PaymentId.eq(id.as_str()))
-                    .exec(&txn)
-                    .await?;
-                hist.push(history_row(
-                    &id,
-                    to,
-                    format!("charge attempt {attempt} (request redelivered)"),
-                    now,
-                ));
-                plans.push(Plan::Execute { attempt });
+    for r in reqs {
+        let id = r.req.payment_id.to_string();
+        let stored = existing.get(&id).map(parse_row).transpose()?;
+        let plan = domain::plan(stored.as_ref(), r)?;
+        if let Plan::Execute { attempt, history } = &plan {
+            match stored {
+                None => new_rows.push(new_row(&r.new_payment(), now, lease_until)),
+                Some(p) => {
+                    let to = history.last().map_or(p.state, |(s, _)| *s);
+                    payment::Entity::update_many()
+                        .col_expr(payment::Column::State, Expr::value(to.as_str()))
+                        .col_expr(payment::Column::Attempts, Expr::value(column_i32(*attempt)))
+                        .col_expr(payment::Column::UpdatedAtMs, Expr::value(now))
+                        .col_expr(payment::Column::LeaseUntilMs, Expr::value(lease_until))
+                        .filter(payment::Column::PaymentId.eq(id.as_str()))
+                        .exec(&txn)
+                        .await?;
+                }
             }
-            other => plans.push(Plan::Done(other)),
+            for (state, cause) in history {
+                hist.push(history_row(&id, *state, cause.clone(), now));
+            }
         }
+        plans.push(plan);
     }
     let inserted = new_rows.len();
     if !new_rows.is_empty() {
@@ -200,50 +196,6 @@ pub async fn begin_execution(
         .count();
     counter!(names::PAYMENT_TRANSITIONS, "state" => "EXECUTING").increment(executing as u64);
     Ok(plans)
-}
-
-/// One state change to record, with what the PSP said.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub payment_id: PaymentId,
-    pub trigger: Trigger,
-    pub cause: String,
-    pub psp_reference: Option<String>,
-    pub decline_code: Option<String>,
-    pub last_error: Option<String>,
-    /// The event this change publishes, if any.
-    pub event: Option<EventKind>,
-    pub reason: Option<String>,
-    /// When the command behind this change was stored (unix ms); `None`: the payment request's.
-    pub requested_at_ms: Option<i64>,
-    /// This change is a new PSP attempt (counts against the sweeper's bound).
-    pub attempted: bool,
-    /// UNKNOWN: when the sweeper may try again.
-    pub retry_at_ms: Option<i64>,
-    /// The event's `amount` when it is not the payment's (`adjusted`: the corrected amount).
-    pub event_amount: Option<i64>,
-    /// `adjusted` only: the signed change to the merchant's balance.
-    pub delta_minor: Option<i64>,
-}
-
-impl Change {
-    pub fn new(payment_id: PaymentId, trigger: Trigger, cause: String) -> Self {
-        Self {
-            payment_id,
-            trigger,
-            cause,
-            psp_reference: None,
-            decline_code: None,
-            last_error: None,
-            event: None,
-            reason: None,
-            requested_at_ms: None,
-            attempted: false,
-            retry_at_ms: None,
-            event_amount: None,
-            delta_minor: None,
-        }
-    }
 }
 
 /// What happened to one change.
@@ -282,7 +234,8 @@ pub fn count_transitions(results: &[Recorded]) {
 
 /// `record` inside the caller's write transaction (begun with `begin_write`), so that another
 /// record of the caller (reconciliation's correction key) commits or rolls back with the change.
-/// The caller commits, then calls `count_transitions`.
+/// The caller commits, then calls `count_transitions`. What each change does is
+/// `payment::apply`'s decision; this writes it.
 pub async fn record_in(
     txn: &DatabaseTransaction,
     changes: &[Change],
@@ -292,10 +245,9 @@ pub async fn record_in(
     let mut hist = Vec::new();
     let mut events = Vec::new();
     let mut results = Vec::with_capacity(changes.len());
-    let mut versions: HashMap<String, i32> = HashMap::new();
-    let mut states: HashMap<String, PaymentState> = HashMap::new();
-    // What each payment's row becomes after all of its changes, written at the end in a few
-    // statements rather than one per change.
+    // Each payment as the changes so far leave it, and what its row becomes after all of them,
+    // written at the end in a few statements rather than one per change.
+    let mut current: HashMap<String, Payment> = HashMap::new();
     let mut finals: HashMap<String, Final> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for c in changes {
@@ -304,28 +256,26 @@ pub async fn record_in(
             results.push(Recorded::Missing);
             continue;
         };
-        let from = match states.get(&id) {
-            Some(s) => *s,
-            None => state_of(row)?,
+        let p = match current.entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(parse_row(row)?),
         };
-        let to = match transition(from, c.trigger) {
-            Ok(to) => to,
+        let applied = match domain::apply(p, c, Uuid::now_v7, now) {
+            Ok(applied) => applied,
             Err(illegal) => {
                 // Someone else recorded the outcome first (a redelivery racing the sweeper):
                 // the change is refused by the state machine, never applied.
                 tracing::info!(payment_id = %id, %illegal, cause = %c.cause, "change refused by the state machine");
-                results.push(Recorded::Skipped(from));
+                results.push(Recorded::Skipped(p.state));
                 continue;
             }
         };
-        let version =
-            versions.get(&id).copied().unwrap_or(row.version) + i32::from(c.event.is_some());
         let f = finals.entry(id.clone()).or_insert_with(|| {
             order.push(id.clone());
             Final::default()
         });
-        f.state = Some(to);
-        f.version = version;
+        f.state = Some(applied.to);
+        f.version = column_i32(p.version);
         if c.psp_reference.is_some() {
             f.psp_reference.clone_from(&c.psp_reference);
         }
@@ -337,39 +287,15 @@ pub async fn record_in(
         }
         f.attempts_added += i32::from(c.attempted);
         f.next_attempt_at_ms = c.retry_at_ms;
-        hist.push(history_row(&id, to, c.cause.clone(), now));
-        if let Some(kind) = c.event {
-            let event = PaymentEvent {
-                // Time-ordered (v7): de-duplication rows keyed by it append to their index
-                // instead of landing on a random page of it.
-                event_id: Uuid::now_v7(),
-                kind,
-                payment_id: c.payment_id,
-                buyer_id: BuyerId::parse(&row.buyer_id)
-                    .map_err(|_| StoreError::Corrupt(id.clone(), row.buyer_id.clone()))?,
-                merchant_id: MerchantId::parse(&row.merchant_id)
-                    .map_err(|_| StoreError::Corrupt(id.clone(), row.merchant_id.clone()))?,
-                amount: c.event_amount.unwrap_or(row.amount),
-                currency: Currency::parse(&row.currency)
-                    .map_err(|_| StoreError::Corrupt(id.clone(), row.currency.clone()))?,
-                version: u32::try_from(version).unwrap_or(0),
-                occurred_at: rfc3339_ms(now),
-                psp_reference: c
-                    .psp_reference
-                    .clone()
-                    .or_else(|| row.psp_reference.clone()),
-                reason: c.reason.clone(),
-                requested_at_ms: Some(c.requested_at_ms.unwrap_or(row.requested_at_ms)),
-                delta_minor: c.delta_minor,
-                stream_seq: None,
-            };
+        hist.push(history_row(&id, applied.to, c.cause.clone(), now));
+        if let Some(event) = applied.event {
             events.push(outbox::ActiveModel {
                 event_id: Set(event.event_id.to_string()),
                 payment_id: Set(id.clone()),
                 buyer_id: Set(row.buyer_id.clone()),
-                kind: Set(kind.as_str().to_owned()),
-                version: Set(version),
-                subject: Set(events::subject(&event.buyer_id)),
+                kind: Set(event.kind.as_str().to_owned()),
+                version: Set(column_i32(event.version)),
+                subject: Set(domain::event_subject(p)),
                 payload: Set(event.encode()),
                 created_at_ms: Set(now),
                 published_at_ms: Set(None),
@@ -377,9 +303,7 @@ pub async fn record_in(
                 ..Default::default()
             });
         }
-        versions.insert(id.clone(), version);
-        states.insert(id, to);
-        results.push(Recorded::Applied(to));
+        results.push(Recorded::Applied(applied.to));
     }
     for ids in order.chunks(UPDATE_ROWS_MAX) {
         let rows: Vec<(&String, &Final)> = ids.iter().map(|id| (id, &finals[id])).collect();
@@ -470,18 +394,23 @@ async fn update_finals(
     Ok(upd.exec(txn).await?.rows_affected)
 }
 
-/// Reads payments by id (no lock), for decisions that a later `record` re-checks.
+/// Reads payments by id (no lock), for decisions that a later `record` re-checks. A corrupt row
+/// is its own error, beside the others.
 pub async fn load(
     db: &DatabaseConnection,
     ids: &[PaymentId],
-) -> Result<HashMap<String, payment::Model>, DbErr> {
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    Ok(payment::Entity::find()
-        .filter(payment::Column::PaymentId.is_in(ids))
+) -> Result<HashMap<PaymentId, Result<Payment, CorruptRow>>, DbErr> {
+    let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let rows: HashMap<String, payment::Model> = payment::Entity::find()
+        .filter(payment::Column::PaymentId.is_in(keys))
         .all(db)
         .await?
         .into_iter()
         .map(|m| (m.payment_id.clone(), m))
+        .collect();
+    Ok(ids
+        .iter()
+        .filter_map(|id| Some((*id, parse_row(rows.get(&id.to_string())?))))
         .collect())
 }
 

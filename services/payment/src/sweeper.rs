@@ -7,14 +7,13 @@
 //! reconciliation or a person to settle; it is never dropped. A lease keeps two sweepers, and a
 //! sweeper and the intake, off the same payment.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
 use paystream_common::consume::Verdict;
-use paystream_common::ids::{MerchantId, PaymentId};
-use paystream_common::money::Currency;
+use paystream_common::ids::PaymentId;
+use paystream_common::payment::{Change, Payment};
 use paystream_common::shutdown::Shutdown;
 use paystream_common::state::Trigger;
 use paystream_common::telemetry::names;
@@ -27,7 +26,7 @@ use crate::entity::payment;
 use crate::outcome::{self, Decision};
 use crate::pipeline::{Pipeline, Work};
 use crate::psp::{ChargeRequest, Lookup, Psp, PspOutcome};
-use crate::store::{self, Change};
+use crate::store;
 
 /// Payments taken per sweep.
 const SWEEP_BATCH_MAX: u64 = 256;
@@ -111,14 +110,21 @@ pub async fn sweep<P: Psp>(
     let lease_ms = i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX);
     let ids: Vec<String> = candidates.iter().map(|c| c.payment_id.clone()).collect();
     let held = store::claim(db, &ids, now, now + lease_ms).await?;
-    let rows: Vec<payment::Model> = candidates
-        .into_iter()
-        .filter(|c| held.contains(&c.payment_id))
-        .collect();
+    let mut payments = Vec::with_capacity(held.len());
+    for row in candidates.iter().filter(|c| held.contains(&c.payment_id)) {
+        match store::parse_row(row) {
+            Ok(p) => payments.push(p),
+            // Named and counted (an alert), and left leased: tried again when the lease runs
+            // out, not at every sweep, and never charged from a guess.
+            Err(corrupt) => {
+                tracing::error!(error = %corrupt, "sweeper skips a corrupt payment row")
+            }
+        }
+    }
 
-    let resolved = futures::future::join_all(rows.into_iter().map(|row| {
-        let span = tracing::info_span!("sweep", payment_id = %row.payment_id, buyer_id = %row.buyer_id, stream_seq = row.request_seq, attempt = row.attempts + 1, state = %row.state);
-        resolve_one(pipe, cfg, row).instrument(span)
+    let resolved = futures::future::join_all(payments.into_iter().map(|p| {
+        let span = tracing::info_span!("sweep", payment_id = %p.payment_id, buyer_id = %p.buyer_id, stream_seq = p.request_seq, attempt = p.attempts + 1, state = p.state.as_str());
+        resolve_one(pipe, cfg, p).instrument(span)
     }))
     .await;
     let mut released = Vec::new();
@@ -126,7 +132,7 @@ pub async fn sweep<P: Psp>(
     for r in resolved {
         match r {
             Resolved::Recorded => recorded += 1,
-            Resolved::Released(id) => released.push(id),
+            Resolved::Released(id) => released.push(id.to_string()),
             Resolved::Failed(e) => {
                 tracing::warn!(error = %e, "sweeper could not record an outcome; the next sweep retries")
             }
@@ -143,27 +149,25 @@ enum Resolved {
     Recorded,
     /// Nothing recorded (the PSP refused our configuration, or it is under way elsewhere here):
     /// the lease is given back.
-    Released(String),
+    Released(PaymentId),
     Failed(String),
 }
 
 async fn resolve_one<P: Psp>(
     pipe: &Arc<Pipeline<P>>,
     cfg: &SweeperConfig,
-    row: payment::Model,
+    payment: Payment,
 ) -> Resolved {
-    let Ok(payment_id) = PaymentId::parse(&row.payment_id) else {
-        tracing::error!(payment_id = %row.payment_id, "stored payment id is not a UUID");
-        return Resolved::Released(row.payment_id);
-    };
+    let payment_id = payment.payment_id;
     if !pipe.flights.start(payment_id, Work::Sweep, Vec::new()) {
-        return Resolved::Released(row.payment_id);
+        return Resolved::Released(payment_id);
     }
     let slot = pipe.acquire_slot().await;
-    let decision = resolve(pipe, &row, payment_id).await;
+    let call = crate::attempts::Call::start("sweep", "sweeper");
+    let decision = resolve(pipe, &payment).await;
     drop(slot);
     let result = match decision {
-        None => Resolved::Released(row.payment_id.clone()),
+        None => Resolved::Released(payment_id),
         Some(Decision::Record(change)) => {
             let label = match change.trigger {
                 Trigger::Charged => "success",
@@ -171,13 +175,14 @@ async fn resolve_one<P: Psp>(
                 _ => "unknown",
             };
             counter!(names::SWEEPER_ATTEMPTS, "outcome" => label).increment(1);
+            let attempt = i32::try_from(payment.attempts.saturating_add(1)).unwrap_or(i32::MAX);
             let retry_at_ms = (change.trigger == Trigger::Indeterminate).then(|| {
                 // Past the bound, the payment is not abandoned: it moves to a slow lane
                 // (every 10 minutes) and `paystream_sweeper_exhausted` alerts.
-                let delay = if row.attempts + 1 >= cfg.attempts_max {
+                let delay = if attempt >= cfg.attempts_max {
                     RETRY_DELAY_MAX
                 } else {
-                    retry_delay(cfg.interval, row.attempts + 1)
+                    retry_delay(cfg.interval, attempt)
                 };
                 now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
             });
@@ -186,7 +191,8 @@ async fn resolve_one<P: Psp>(
                 retry_at_ms,
                 ..change
             };
-            match pipe.recorder.record(change).await {
+            let attempt = call.ended(&change);
+            match pipe.recorder.record_with(change, Some(attempt)).await {
                 Ok(_) => Resolved::Recorded,
                 Err(e) => Resolved::Failed(e),
             }
@@ -194,9 +200,9 @@ async fn resolve_one<P: Psp>(
         Some(Decision::ConfigError(error)) => {
             counter!(names::SWEEPER_ATTEMPTS, "outcome" => "config_error").increment(1);
             tracing::error!(%error, "PSP refused our configuration");
-            Resolved::Released(row.payment_id.clone())
+            Resolved::Released(payment_id)
         }
-        Some(Decision::NotProcessed(_)) => Resolved::Released(row.payment_id.clone()),
+        Some(Decision::NotProcessed(_)) => Resolved::Released(payment_id),
     };
     pipe.flights.land(&payment_id, &Verdict::Ack);
     result
@@ -204,11 +210,8 @@ async fn resolve_one<P: Psp>(
 
 /// Asks the PSP about one payment and decides; charges again (same key) if the PSP never saw it.
 /// `None`: shut down before an answer.
-async fn resolve<P: Psp>(
-    pipe: &Pipeline<P>,
-    row: &payment::Model,
-    payment_id: PaymentId,
-) -> Option<Decision> {
+async fn resolve<P: Psp>(pipe: &Pipeline<P>, payment: &Payment) -> Option<Decision> {
+    let payment_id = payment.payment_id;
     let decision = match pipe.call(|| pipe.psp.lookup(payment_id)).await? {
         Lookup::Known(p) => outcome::of_lookup(payment_id, p),
         Lookup::ConfigError { error } => Decision::ConfigError(error),
@@ -219,23 +222,12 @@ async fn resolve<P: Psp>(
             "sweeper (PSP lookup)",
         ),
         Lookup::NotFound => {
-            let (Ok(merchant_id), Ok(currency)) = (
-                MerchantId::parse(&row.merchant_id),
-                Currency::parse(&row.currency),
-            ) else {
-                return Some(Decision::ConfigError(format!(
-                    "payment {} has a corrupt merchant or currency",
-                    row.payment_id
-                )));
-            };
-            let metadata: BTreeMap<String, String> =
-                serde_json::from_str(&row.metadata).unwrap_or_default();
             let charge = ChargeRequest {
                 payment_id,
-                amount: row.amount,
-                currency,
-                merchant_id: &merchant_id,
-                metadata: &metadata,
+                amount: payment.amount,
+                currency: payment.currency,
+                merchant_id: &payment.merchant_id,
+                metadata: &payment.metadata,
             };
             tracing::info!("PSP never received the charge: executing again with the same key");
             let answer = pipe.call(|| pipe.psp.charge(&charge)).await?;

@@ -63,7 +63,7 @@ impl From<DlqError> for ApiError {
 impl From<ReconError> for ApiError {
     fn from(e: ReconError) -> Self {
         let code = match e {
-            ReconError::BadDate(_) => 400,
+            ReconError::BadDate(_) | ReconError::BadInput(_) => 400,
             ReconError::NoReport(_) => 404,
             ReconError::Busy(_) => 409,
             _ => 500,
@@ -75,7 +75,7 @@ impl From<ReconError> for ApiError {
     }
 }
 
-fn body<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn body<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
     let payload = if payload.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -87,7 +87,7 @@ fn body<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn json(v: &impl serde::Serialize) -> Result<Bytes, ApiError> {
+pub(crate) fn json(v: &impl serde::Serialize) -> Result<Bytes, ApiError> {
     serde_json::to_vec(v)
         .map(Bytes::from)
         .map_err(|e| ApiError {
@@ -153,7 +153,7 @@ impl SelectionBody {
 }
 
 /// Answers one endpoint until shutdown.
-async fn serve<F, Fut>(
+pub(crate) async fn serve<F, Fut>(
     mut endpoint: service::endpoint::Endpoint,
     mut shutdown: Shutdown,
     handler: F,
@@ -251,6 +251,7 @@ pub async fn start(
     db: DatabaseConnection,
     js: jetstream::Context,
     recon: Reconciler,
+    gate: Option<std::sync::Arc<paystream_payment::gate::Gate>>,
     shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), async_nats::Error> {
@@ -261,6 +262,16 @@ pub async fn start(
         .await?;
     let root = service.group("paystream");
     let dlq_group = root.group("dlq");
+    crate::api_console::start(
+        &root,
+        client.clone(),
+        db.clone(),
+        js.clone(),
+        gate,
+        shutdown.clone(),
+        tasks,
+    )
+    .await?;
 
     let d = db.clone();
     tasks.spawn(serve(

@@ -32,6 +32,8 @@ pub struct Parts {
     pub psp_sim: bool,
     /// Start a nats-server of our own (when no NATS URL is configured).
     pub nats_server: bool,
+    /// The operator console (web). Not in `all()`: tests start it on a port of their own.
+    pub console: bool,
 }
 
 impl Parts {
@@ -44,6 +46,7 @@ impl Parts {
             reconciler: true,
             psp_sim: true,
             nats_server: true,
+            console: false,
         }
     }
     fn any_service(&self) -> bool {
@@ -54,6 +57,8 @@ impl Parts {
 /// A running paystream process.
 pub struct App {
     pub http_addr: SocketAddr,
+    /// Where the operator console listens, when it runs here.
+    pub console_addr: Option<SocketAddr>,
     pub psp_url: Option<String>,
     pub nats_url: Option<String>,
     pub db: Option<DatabaseConnection>,
@@ -308,8 +313,24 @@ async fn start_parts(
         sim = Some(task);
     }
 
+    let mut console_addr = None;
+    if parts.console {
+        let (addr, task) = crate::console::start(
+            &cfg.client,
+            cfg.console_addr,
+            cfg.console_session_ttl,
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("binding the operator console to {}", cfg.console_addr))?;
+        tasks.spawn(async move {
+            let _ = task.await;
+        });
+        console_addr = Some(addr);
+    }
     let mut app = App {
         http_addr,
+        console_addr,
         psp_url: psp_url.clone(),
         nats_url: cfg.client.nats_url.clone(),
         db: None,
@@ -485,6 +506,7 @@ async fn start_parts(
             conn.clone(),
             js.clone(),
             crate::recon::reconciler(&cfg, conn.clone(), psp_url.clone()),
+            app.psp_gate.clone(),
             shutdown.clone(),
             &mut app.tasks,
         )

@@ -84,6 +84,35 @@ pub async fn list(db: &DatabaseConnection, limit: u64) -> Result<Vec<AuditEntry>
         .collect())
 }
 
+/// A page of the trail, newest first: rows with ids below `before`, and the cursor of the next.
+pub async fn page(
+    db: &DatabaseConnection,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<serde_json::Value, DbErr> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let mut q = entry::Entity::find();
+    if let Some(b) = before {
+        q = q.filter(entry::Column::Id.lt(b));
+    }
+    let rows = q
+        .order_by_desc(entry::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let next = (rows.len() as u64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    let entries: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({"id": r.id, "at": paystream_common::time::rfc3339_ms(r.at_ms),
+                "actor": r.actor, "action": r.action, "target": r.target, "result": r.result})
+        })
+        .collect();
+    Ok(serde_json::json!({"entries": entries, "next_before": next}))
+}
+
 pub fn table(entries: &[AuditEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()

@@ -34,6 +34,7 @@ const UNKNOWN_ONCE_IDS: &str = "SELECT payment_id FROM payment_history WHERE sta
 const UNKNOWN_ONCE: &str =
     "SELECT COUNT(DISTINCT payment_id) FROM payment_history WHERE state = 'UNKNOWN'";
 const PSP_DURATION: &str = paystream_common::telemetry::names::PSP_REQUEST_DURATION;
+const PSP_IN_FLIGHT: &str = paystream_common::telemetry::names::PSP_IN_FLIGHT;
 
 /// Publish acks outstanding at once (FIELD-NOTES: 256–1024 is the sweet spot on 2 cores).
 const PUBLISH_WINDOW: usize = 512;
@@ -62,6 +63,32 @@ pub struct PspOptions {
     pub latency_p99_ms: Option<u64>,
     /// Share of calls that hang until the PSP timeout.
     pub timeout_rate: f64,
+    /// Then a brownout of this many seconds in the middle of a paced run (`None`: none).
+    pub brownout_s: Option<u64>,
+}
+
+/// A brownout in the middle of payments published at the bench's rate: the simulator fails
+/// every PSP call for `seconds` (`POST /v1/sim/brownout`), then is healthy again.
+#[derive(Debug, Serialize)]
+pub struct Brownout {
+    pub seconds: u64,
+    /// Payments published during the phase (5 s before, through the brownout, 20 s after).
+    pub payments: usize,
+    /// Payments of the phase that ended or ever were FAILURE: must be 0.
+    pub failed: i64,
+    /// Payments of the phase that went UNKNOWN at some point (their call was in flight when the
+    /// PSP began failing, before the breaker opened, or was one of its probes).
+    pub went_unknown: i64,
+    /// PSP calls in flight when the brownout began.
+    pub in_flight_at_start: f64,
+    /// Breaker transitions to open and to closed during the phase.
+    pub breaker_opened: u64,
+    pub breaker_closed: u64,
+    /// From the PSP's recovery to the first SUCCESS recorded.
+    pub first_success_after_ms: i64,
+    /// From the PSP's recovery to the start of the first whole second whose SUCCESSes reach
+    /// the publishing rate: the pipeline at full rate again.
+    pub full_rate_after_ms: Option<i64>,
 }
 
 /// What the PSP allowed in a run with a PSP latency: the bound no pipeline can beat.
@@ -99,7 +126,20 @@ pub struct Paystream {
     pub payments_per_s: f64,
     pub cpu_ms_per_payment: f64,
     pub latency_at_rate: Latency,
+    /// Where the paced payments' time went, stage by stage (each stage's own percentiles).
+    pub stages_at_rate: Stages,
     pub db: &'static str,
+}
+
+/// The stages of a payment's way, from the timestamps paystream stores.
+#[derive(Debug, Serialize)]
+pub struct Stages {
+    /// Published → EXECUTING committed.
+    pub intake: Latency,
+    /// EXECUTING committed → outcome committed: the PSP call, and the group commit of its outcome.
+    pub psp_call_and_record: Latency,
+    /// Outcome committed → applied by the ledger: the outbox relay, the wallet and the ledger.
+    pub outbox_to_ledger: Latency,
 }
 
 /// A backlog queued while the services were down, then processed: memory must stay flat.
@@ -131,6 +171,8 @@ pub struct Report {
     pub backlog: Option<Backlog>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psp: Option<PspBound>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brownout: Option<Brownout>,
     /// paystream payments/s ÷ `psp.bound_payments_per_s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_psp_bound: Option<f64>,
@@ -162,6 +204,12 @@ impl Report {
             } else {
                 format!("\nproblems: {}", self.problems.join("; "))
             }
+        ) + &format!(
+            "  stages at {} /s    intake {}\n                      PSP call + record {}\n                      outbox → ledger {}\n",
+            self.rate,
+            l(&self.paystream.stages_at_rate.intake),
+            l(&self.paystream.stages_at_rate.psp_call_and_record),
+            l(&self.paystream.stages_at_rate.outbox_to_ledger),
         ) + &self.psp.as_ref().map_or(String::new(), |p| {
             format!(
                 "PSP bound           {:>9.0} payments/s  ({} in flight ÷ mean latency {:.1} ms); ratio to it {:.3}; {} timed out\n",
@@ -170,6 +218,20 @@ impl Report {
                 p.latency_ms_mean,
                 self.ratio_to_psp_bound.unwrap_or(0.0),
                 p.timed_out
+            )
+        }) + &self.brownout.as_ref().map_or(String::new(), |b| {
+            format!(
+                "brownout            {} s, {} payments: {} FAILURE, {} went UNKNOWN ({:.0} calls in flight at its start), breaker opened {} / closed {}; after recovery first SUCCESS in {} ms, full rate in {}\n",
+                b.seconds,
+                b.payments,
+                b.failed,
+                b.went_unknown,
+                b.in_flight_at_start,
+                b.breaker_opened,
+                b.breaker_closed,
+                b.first_success_after_ms,
+                b.full_rate_after_ms
+                    .map_or("— (not reached)".to_owned(), |ms| format!("{ms} ms")),
             )
         }) + &self.backlog.as_ref().map_or(String::new(), |b| {
             format!(
@@ -527,6 +589,113 @@ async fn backlog_run(
     ))
 }
 
+/// This process's gauge `name` (summed over its series).
+fn gauge_value(name: &str) -> f64 {
+    let text = paystream_common::telemetry::install_metrics().render();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Publishes payments at `rate` for 5 s, through a `seconds`-long brownout of the simulator and
+/// 20 s after it, waits until every one is applied (those that went UNKNOWN through the sweeper),
+/// and measures what the brownout did. Returns the figures and the payments' amount sum.
+async fn brownout_run(
+    js: &jetstream::Context,
+    db: &sea_orm::DatabaseConnection,
+    app: &app::App,
+    seconds: u64,
+    rate: u32,
+    already: usize,
+    json: bool,
+) -> anyhow::Result<(Brownout, i64)> {
+    const BEFORE_S: u64 = 5;
+    const AFTER_S: u64 = 20;
+    let psp_url = app
+        .psp_url
+        .clone()
+        .context("--psp-brownout-s needs the simulator that the bench starts")?;
+    let gate = app
+        .psp_gate
+        .clone()
+        .context("the payment service runs in the bench")?;
+    let published_n = (u64::from(rate) * (BEFORE_S + seconds + AFTER_S)) as usize;
+    let payments: Vec<PaymentRequest> = (already..already + published_n).map(payment).collect();
+    let sum = payments.iter().map(|p| p.amount.minor()).sum();
+    let ids = payments
+        .iter()
+        .map(|p| format!("'{}'", p.payment_id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (opened0, closed0) = gate.transitions();
+    let order = async {
+        tokio::time::sleep(Duration::from_secs(BEFORE_S)).await;
+        let in_flight = gauge_value(PSP_IN_FLIGHT);
+        let answer = reqwest::Client::new()
+            .post(format!("{psp_url}/v1/sim/brownout"))
+            .json(&serde_json::json!({ "seconds": seconds }))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .context("ordering the simulator's brownout")?;
+        let until: serde_json::Value = answer.json().await?;
+        let until_ms = until["until_ms"]
+            .as_i64()
+            .context("the simulator's brownout answer has no until_ms")?;
+        anyhow::Ok((in_flight, until_ms))
+    };
+    let (published, ordered) = tokio::join!(
+        paystream_run(js, db, &payments, Some(rate), already as i64, json),
+        order
+    );
+    published?;
+    let (in_flight_at_start, recovered_ms) = ordered?;
+    let (opened1, closed1) = gate.transitions();
+    let failed = count(
+        db,
+        &format!("SELECT COUNT(DISTINCT payment_id) FROM payment_history WHERE state = 'FAILURE' AND payment_id IN ({ids})"),
+    )
+    .await?;
+    let went_unknown = count(
+        db,
+        &format!("SELECT COUNT(DISTINCT payment_id) FROM payment_history WHERE state = 'UNKNOWN' AND payment_id IN ({ids})"),
+    )
+    .await?;
+    let successes: Vec<i64> = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT at_ms FROM payment_history WHERE state = 'SUCCESS' AND at_ms >= {recovered_ms} \
+                 AND payment_id IN ({ids}) ORDER BY at_ms"
+            ),
+        ))
+        .await?
+        .iter()
+        .filter_map(|r| r.try_get::<i64>("", "at_ms").ok())
+        .collect();
+    let first_success_after_ms = successes.first().map_or(-1, |t| t - recovered_ms);
+    // The first SUCCESS that opens a whole second holding `rate` of them.
+    let full = (rate as usize).max(1);
+    let full_rate_after_ms = (0..successes.len().saturating_sub(full.saturating_sub(1)))
+        .find(|&i| successes[i + full - 1] < successes[i] + 1000)
+        .map(|i| successes[i] - recovered_ms);
+    Ok((
+        Brownout {
+            seconds,
+            payments: published_n,
+            failed,
+            went_unknown,
+            in_flight_at_start,
+            breaker_opened: opened1 - opened0,
+            breaker_closed: closed1 - closed0,
+            first_success_after_ms,
+            full_rate_after_ms,
+        },
+        sum,
+    ))
+}
+
 fn bench_parts() -> Parts {
     Parts {
         payment: true,
@@ -606,7 +775,10 @@ async fn run_in(
 
     let n = opts.payments.max(1);
     let (raw_elapsed, _) = raw_run(&js, "RAW_SAT", n, None, opts.json).await?;
-    let latency_n = (opts.rate as usize * 3).clamp(100, n.max(100));
+    // Three seconds at the rate; ten against a slow PSP, whose long tail needs more samples for a
+    // p99 that does not move between runs.
+    let paced_s = if opts.psp.latency_ms.is_some() { 10 } else { 3 };
+    let latency_n = (opts.rate as usize * paced_s).clamp(100, n.max(100));
     let (_, raw_lat) = raw_run(&js, "RAW_RATE", latency_n, Some(opts.rate), opts.json).await?;
 
     let app = app::start(bench_cfg.clone(), bench_parts()).await?;
@@ -652,6 +824,15 @@ async fn run_in(
     });
     let paced: Vec<PaymentRequest> = (n..n + latency_n).map(payment).collect();
     paystream_run(&js, &db, &paced, Some(opts.rate), n as i64, opts.json).await?;
+    let mut done = n + latency_n;
+    let brownout = match opts.psp.brownout_s {
+        Some(seconds) => {
+            let b = brownout_run(&js, &db, &app, seconds, opts.rate, done, opts.json).await?;
+            done += b.0.payments;
+            Some(b)
+        }
+        None => None,
+    };
     app.shutdown().await;
     if let Some(path) = std::env::var_os("PAYSTREAM_BENCH_METRICS") {
         // For profiling: the services' metrics (batch sizes, stage durations) after the runs.
@@ -668,37 +849,48 @@ async fn run_in(
         .query_all_raw(Statement::from_string(
             db.get_database_backend(),
             format!(
-                "SELECT a.applied_at_ms - p.requested_at_ms AS d FROM applied_events a JOIN payments p ON p.payment_id = a.payment_id \
+                "SELECT p.requested_at_ms AS r, a.applied_at_ms AS a, \
+                 (SELECT MIN(h.at_ms) FROM payment_history h WHERE h.payment_id = p.payment_id AND h.state = 'EXECUTING') AS e, \
+                 (SELECT MIN(h.at_ms) FROM payment_history h WHERE h.payment_id = p.payment_id AND h.state = 'SUCCESS') AS s \
+                 FROM applied_events a JOIN payments p ON p.payment_id = a.payment_id \
                  WHERE a.consumer = 'ledger' AND p.payment_id IN ({}) AND p.payment_id NOT IN ({UNKNOWN_ONCE_IDS})",
                 ids.join(",")
             ),
         ))
         .await?;
-    let ps_lat: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.try_get::<i64>("", "d").ok())
-        .map(|d| d as f64)
-        .collect();
+    // Each paced payment's way, from the database's own timestamps: published → EXECUTING
+    // committed (intake) → outcome committed (the PSP call and its record) → applied by the
+    // ledger (outbox, wallet and ledger).
+    let mut ps_lat = Vec::with_capacity(rows.len());
+    let mut stages = [Vec::new(), Vec::new(), Vec::new()];
+    for row in &rows {
+        let at = |c: &str| row.try_get::<i64>("", c).ok();
+        let (Some(r), Some(a)) = (at("r"), at("a")) else {
+            continue;
+        };
+        ps_lat.push((a - r) as f64);
+        if let (Some(e), Some(s)) = (at("e"), at("s")) {
+            stages[0].push((e - r) as f64);
+            stages[1].push((s - e) as f64);
+            stages[2].push((a - s) as f64);
+        }
+    }
+    let [intake, psp_stage, after] = stages;
+    let stages = Stages {
+        intake: percentiles(intake),
+        psp_call_and_record: percentiles(psp_stage),
+        outbox_to_ledger: percentiles(after),
+    };
 
     let backlog = if opts.backlog > 0 {
-        Some(
-            backlog_run(
-                &js,
-                &db,
-                &bench_cfg,
-                opts.backlog,
-                (n + latency_n) as i64,
-                opts.json,
-            )
-            .await?,
-        )
+        Some(backlog_run(&js, &db, &bench_cfg, opts.backlog, done as i64, opts.json).await?)
     } else {
         None
     };
 
     // Verification: every payment final and charged, money exact, ledger balanced.
     let mut problems = Vec::new();
-    let total = (n + latency_n + opts.backlog) as i64;
+    let total = (done + opts.backlog) as i64;
     let succeeded = count(&db, "SELECT COUNT(*) FROM payments WHERE state = 'SUCCESS'").await?;
     if succeeded != total {
         problems.push(format!("{succeeded} of {total} payments SUCCESS"));
@@ -708,7 +900,8 @@ async fn run_in(
         .chain(&paced)
         .map(|p| p.amount.minor())
         .sum::<i64>()
-        + backlog.as_ref().map_or(0, |(_, sum)| *sum);
+        + backlog.as_ref().map_or(0, |(_, sum)| *sum)
+        + brownout.as_ref().map_or(0, |(_, sum)| *sum);
     let wallet = count(
         &db,
         "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM wallet_balances",
@@ -743,6 +936,7 @@ async fn run_in(
             payments_per_s: ps_rate,
             cpu_ms_per_payment: cpu.as_secs_f64() * 1000.0 / n as f64,
             latency_at_rate: percentiles(ps_lat),
+            stages_at_rate: stages,
             db: if opts.postgres { "postgres" } else { "sqlite" },
         },
         ratio: ps_rate / raw_rate,
@@ -755,6 +949,7 @@ async fn run_in(
         verified: problems.is_empty(),
         problems,
         backlog: backlog.map(|(b, _)| b),
+        brownout: brownout.map(|(b, _)| b),
         ratio_to_psp_bound: psp_bound.as_ref().map(|p| ps_rate / p.bound_payments_per_s),
         psp: psp_bound,
     })

@@ -116,6 +116,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One payment's whole life on one time axis: request, states, PSP attempts, events and
+    /// when wallet and ledger applied them, dead letters and redrives, reconciliation.
+    Timeline {
+        /// The payment's id (UUID).
+        payment_id: String,
+        /// Skip this many entries (they are in time order).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Show at most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON (the scriptable contract) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A merchant's wallet balances.
     Balance {
         /// The merchant whose balances to show.
@@ -157,6 +172,10 @@ pub enum Command {
         /// Share of PSP calls (0.0–1.0) that hang until `PAYSTREAM_PSP_TIMEOUT`.
         #[arg(long, value_parser = paystream_common::config::parse_rate)]
         psp_timeout_rate: Option<f64>,
+        /// Then a brownout: payments at `--rate` for 5 s, the simulator failing every call for
+        /// this many seconds, 20 s more; reports FAILUREs (none), UNKNOWNs and the recovery.
+        #[arg(long)]
+        psp_brownout_s: Option<u64>,
         /// Print JSON (the scriptable contract) instead of a table.
         #[arg(long)]
         json: bool,
@@ -305,6 +324,8 @@ pub enum Service {
     Ledger,
     Dlq,
     Reconciler,
+    /// The operator console (web) on PAYSTREAM_CONSOLE_ADDR.
+    Console,
 }
 
 #[cfg(test)]

@@ -117,15 +117,7 @@ async fn entry(
     };
     let orig = original(js, &a.stream, a.stream_seq).await;
     let terminated = a.kind.ends_with(".terminated");
-    let reason = match (&a.reason, db) {
-        (Some(r), _) if !r.is_empty() => r.clone(),
-        (_, Some(db)) => failures::attempts(db, &a.stream, service_of(&a.consumer), a.stream_seq)
-            .await?
-            .last()
-            .map(|f| format!("max deliveries reached; last error: {}", f.error))
-            .unwrap_or_else(|| "max deliveries reached; no error recorded".into()),
-        (_, None) => "max deliveries reached".into(),
-    };
+    let reason = reason(&a, db).await?;
     let entry = DeadLetter {
         id,
         stream: a.stream,
@@ -145,6 +137,31 @@ async fn entry(
         .into(),
     };
     Ok(Some((entry, orig)))
+}
+
+/// Why a message was dead-lettered: the `+TERM` reason, or the last error its consumer recorded.
+pub(crate) async fn reason(
+    a: &Advisory,
+    db: Option<&DatabaseConnection>,
+) -> Result<String, DlqError> {
+    Ok(match (&a.reason, db) {
+        (Some(r), _) if !r.is_empty() => r.clone(),
+        (_, Some(db)) => failures::attempts(db, &a.stream, service_of(&a.consumer), a.stream_seq)
+            .await?
+            .last()
+            .map(|f| format!("max deliveries reached; last error: {}", f.error))
+            .unwrap_or_else(|| "max deliveries reached; no error recorded".into()),
+        (_, None) => "max deliveries reached".into(),
+    })
+}
+
+/// One dead letter as the index holds it, with what `show` adds; `None` if it is gone.
+pub async fn entry_of(
+    js: &jetstream::Context,
+    db: &DatabaseConnection,
+    id: u64,
+) -> Result<Option<DeadLetter>, DlqError> {
+    Ok(entry(js, Some(db), id).await?.map(|(e, _)| e))
 }
 
 /// Every dead letter, oldest first, optionally of one consumer.
@@ -277,6 +294,7 @@ pub async fn redrive(
     let mut events = OrderedPublisher::new(js.clone());
     let mut n = 0;
     for id in select(js, db, sel).await? {
+        let started_ms = now_ms();
         let target = format!("{DEAD_LETTERS}/{id}");
         let (e, orig) = match entry(js, Some(db), id).await? {
             Some((e, Some(orig))) => (e, orig),
@@ -351,9 +369,13 @@ pub async fn redrive(
             &format!("republished as {}/{}", ack.stream, ack.sequence),
         )
         .await?;
-        for dup in std::iter::once(id).chain(duplicates_of(js, db, &e).await?) {
-            dlq.delete_message(dup).await.map_err(nats_err)?;
+        let removed: Vec<u64> = std::iter::once(id)
+            .chain(duplicates_of(js, db, &e).await?)
+            .collect();
+        for dup in &removed {
+            dlq.delete_message(*dup).await.map_err(nats_err)?;
         }
+        crate::dlq_index::mark_removed(db, &removed, "redrive", actor, started_ms).await?;
         tracing::info!(dead_letter = id, stream = %e.stream, stream_seq = e.stream_seq, new_seq = ack.sequence, actor, "dead letter redriven");
         n += 1;
     }
@@ -388,9 +410,13 @@ pub async fn purge(
             ),
         )
         .await?;
-        for dup in std::iter::once(id).chain(duplicates_of(js, db, &e).await?) {
-            dlq.delete_message(dup).await.map_err(nats_err)?;
+        let removed: Vec<u64> = std::iter::once(id)
+            .chain(duplicates_of(js, db, &e).await?)
+            .collect();
+        for dup in &removed {
+            dlq.delete_message(*dup).await.map_err(nats_err)?;
         }
+        crate::dlq_index::mark_removed(db, &removed, "purge", actor, now_ms()).await?;
         n += 1;
     }
     Ok(n)

@@ -1,6 +1,7 @@
 //! The dlq service (`serve dlq`, part of `up`): follows DEAD_LETTERS with the durable consumer
 //! `dlq`, logs and counts each dead letter as it arrives, and keeps the depth and operator-action
-//! gauges current. It never removes entries: only an operator's redrive or purge does.
+//! gauges current, and writes each entry into the database's dead-letter index (`dlq_index`). It
+//! never removes entries: only an operator's redrive or purge does.
 
 use std::time::Duration;
 
@@ -16,10 +17,13 @@ use tokio::task::JoinSet;
 
 pub const CONSUMER: &str = "dlq";
 
-struct Watch;
+struct Watch {
+    db: DatabaseConnection,
+}
 
 impl Handler for Watch {
     async fn handle(&self, batch: &[Message]) -> Vec<Reply> {
+        let mut rows = Vec::with_capacity(batch.len());
         for m in batch {
             match serde_json::from_slice::<crate::dlq::Advisory>(&m.payload) {
                 Ok(a) => {
@@ -34,11 +38,71 @@ impl Handler for Watch {
                     counter!(names::DEAD_LETTERS, "consumer" => consumer, "kind" => kind)
                         .increment(1);
                     tracing::warn!(stream = %a.stream, consumer = %a.consumer, stream_seq = a.stream_seq, deliveries = a.deliveries, kind, reason = a.reason.as_deref().unwrap_or(""), "message dead-lettered");
+                    match self.row(m, &a).await {
+                        Ok(row) => rows.push(row),
+                        Err(e) => return retry_all(batch, &e),
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable advisory in DEAD_LETTERS"),
             }
         }
+        // One statement for the batch; on failure the whole batch comes back and is indexed then.
+        if let Err(e) = crate::dlq_index::record(&self.db, rows).await {
+            tracing::warn!(error = %e, "indexing dead letters failed");
+            return retry_all(batch, &e.to_string());
+        }
         batch.iter().map(|_| Verdict::Ack.into()).collect()
+    }
+}
+
+fn retry_all(batch: &[Message], error: &str) -> Vec<Reply> {
+    batch
+        .iter()
+        .map(|_| {
+            Verdict::Retry {
+                label: "database",
+                error: error.to_owned(),
+            }
+            .into()
+        })
+        .collect()
+}
+
+impl Watch {
+    /// The index row of one advisory (its DEAD_LETTERS sequence is the id).
+    async fn row(
+        &self,
+        m: &Message,
+        a: &crate::dlq::Advisory,
+    ) -> Result<crate::dlq_index::indexed::Model, String> {
+        let info = m.info().map_err(|e| e.to_string())?;
+        let reason = crate::dlq::reason(a, Some(&self.db))
+            .await
+            .map_err(|e| e.to_string())?;
+        let at_ms = a
+            .timestamp
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map_or_else(paystream_common::time::now_ms, |t| t.as_millisecond());
+        Ok(crate::dlq_index::indexed::Model {
+            id: i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+            stream: a.stream.clone(),
+            stream_seq: i64::try_from(a.stream_seq).unwrap_or(i64::MAX),
+            consumer: paystream_common::streams::service_of(&a.consumer).to_owned(),
+            durable: a.consumer.clone(),
+            kind: if a.kind.ends_with(".terminated") {
+                "terminated"
+            } else {
+                "max_deliveries"
+            }
+            .to_owned(),
+            reason,
+            deliveries: i64::try_from(a.deliveries).unwrap_or(i64::MAX),
+            at_ms,
+            removed_at_ms: None,
+            removed_by: None,
+            removal: None,
+        })
     }
 }
 
@@ -64,7 +128,7 @@ pub async fn start(
     tasks.spawn(consume::run(
         consume::Source::Single(consumer),
         loop_cfg,
-        Watch,
+        Watch { db: db.clone() },
         shutdown.clone(),
         ready,
     ));

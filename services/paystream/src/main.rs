@@ -114,7 +114,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Up { config } => {
-            let app = app::start(with_conn(*config), Parts::all()).await?;
+            let parts = Parts {
+                console: true,
+                ..Parts::all()
+            };
+            let app = app::start(with_conn(*config), parts).await?;
             tracing::info!(nats = ?app.nats_url, psp = ?app.psp_url, http = %app.http_addr, "paystream is up");
             app.run_until_signal().await.map_err(anyhow::Error::msg)?;
         }
@@ -125,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ledger: service == Service::Ledger,
                 dlq: service == Service::Dlq,
                 reconciler: service == Service::Reconciler,
+                console: service == Service::Console,
                 ..Parts::default()
             };
             app::start(with_conn(*config), parts)
@@ -206,40 +211,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { payment_id, json } => {
             PaymentId::parse(&payment_id).map_err(|e| Usage(format!("payment_id: {e}")))?;
-            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
-            let answer = svc
-                .query("paystream.status", &json!({ "payment_id": payment_id }))
-                .await?;
+            let answer = query(
+                &conn,
+                "paystream.status",
+                json!({ "payment_id": payment_id }),
+            )
+            .await?;
             let status: queries::Status = serde_json::from_value(answer.clone())?;
             emit(json, &answer, || status.table());
         }
         Command::Balance { merchant_id, json } => {
             MerchantId::parse(&merchant_id).map_err(|e| Usage(format!("merchant_id: {e}")))?;
-            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
-            let answer = svc
-                .query("paystream.balance", &json!({ "merchant_id": merchant_id }))
-                .await?;
+            let answer = query(
+                &conn,
+                "paystream.balance",
+                json!({ "merchant_id": merchant_id }),
+            )
+            .await?;
             let balance: queries::Balance = serde_json::from_value(answer.clone())?;
             emit(json, &answer, || balance.table());
         }
         Command::Ledger {
             command: LedgerCommand::Check { json },
         } => {
-            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
-            let answer = svc.query("paystream.ledger.check", &json!({})).await?;
+            let answer = query(&conn, "paystream.ledger.check", json!({})).await?;
             let report: paystream_ledger::check::Report = serde_json::from_value(answer.clone())?;
             emit(json, &answer, || queries::ledger_check_table(&report));
             if !report.ok {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Timeline {
+            payment_id,
+            offset,
+            limit,
+            json,
+        } => {
+            PaymentId::parse(&payment_id).map_err(|e| Usage(format!("payment_id: {e}")))?;
+            let answer = query(
+                &conn,
+                "paystream.timeline",
+                json!({ "payment_id": payment_id, "offset": offset, "limit": limit }),
+            )
+            .await?;
+            emit(json, &answer, || paystream::timeline::table_of(&answer));
+        }
         Command::Dlq { command } => run_dlq(&conn, command).await?,
         Command::Recon { command } => run_recon(&conn, command).await?,
         Command::Audit { limit, json } => {
-            let svc = ServiceClient::connect(&conn, Role::Viewer).await?;
-            let answer = svc
-                .query("paystream.audit", &json!({ "limit": limit }))
-                .await?;
+            let answer = query(&conn, "paystream.audit", json!({ "limit": limit })).await?;
             let entries: Vec<paystream::audit::AuditEntry> =
                 serde_json::from_value(answer.clone())?;
             emit(json, &answer, || paystream::audit::table(&entries));
@@ -253,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             psp_latency_ms,
             psp_latency_p99_ms,
             psp_timeout_rate,
+            psp_brownout_s,
             json,
             config,
         } => {
@@ -263,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     latency_ms: psp_latency_ms,
                     latency_p99_ms: psp_latency_p99_ms,
                     timeout_rate: psp_timeout_rate.unwrap_or(0.0),
+                    brownout_s: psp_brownout_s,
                 },
                 payments,
                 rate,
@@ -289,21 +311,26 @@ fn selection_body(ids: &[u64], all: bool, consumer: Option<&str>) -> serde_json:
     }
 }
 
+/// Asks the paystream service `subject` as the caller (without an identity, against `up`'s own
+/// server: its viewer user).
+async fn query(
+    conn: &ClientConfig,
+    subject: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let svc = ServiceClient::connect(conn, Role::Viewer).await?;
+    Ok(svc.query(subject, &body).await?)
+}
+
 async fn run_dlq(conn: &ClientConfig, command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { consumer, json } => {
-            let svc = ServiceClient::connect(conn, Role::Viewer).await?;
-            let answer = svc
-                .query("paystream.dlq.list", &json!({ "consumer": consumer }))
-                .await?;
+            let answer = query(conn, "paystream.dlq.list", json!({ "consumer": consumer })).await?;
             let entries: Vec<dlq::DeadLetter> = serde_json::from_value(answer.clone())?;
             emit(json, &answer, || dlq::list_table(&entries));
         }
         DlqCommand::Show { id, json } => {
-            let svc = ServiceClient::connect(conn, Role::Viewer).await?;
-            let answer = svc
-                .query("paystream.dlq.show", &json!({ "id": id }))
-                .await?;
+            let answer = query(conn, "paystream.dlq.show", json!({ "id": id })).await?;
             emit(json, &answer, || {
                 serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n"
             });
@@ -412,10 +439,7 @@ async fn run_recon(conn: &ClientConfig, command: ReconCommand) -> anyhow::Result
             (answer, json)
         }
         ReconCommand::Report { date, json } => {
-            let svc = ServiceClient::connect(conn, Role::Viewer).await?;
-            let answer = svc
-                .query("paystream.recon.report", &json!({ "date": date }))
-                .await?;
+            let answer = query(conn, "paystream.recon.report", json!({ "date": date })).await?;
             (answer, json)
         }
     };

@@ -1,5 +1,5 @@
 //! The client side of the `paystream` micro service: the query and operator commands (`status`,
-//! `balance`, `ledger check`, `dlq …`, `recon …`, `audit`) send their request to the
+//! `timeline`, `balance`, `ledger check`, `dlq …`, `recon …`, `audit`) send their request to the
 //! `paystream.*` endpoints as the caller's own NATS identity (PAYSTREAM_NATS_USER/PASSWORD,
 //! PAYSTREAM_NATS_CREDS or a NATS CLI context), so the NATS server's permissions decide who may
 //! look or act, the service audits the caller the server names, and no command needs the

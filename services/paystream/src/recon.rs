@@ -74,7 +74,10 @@ pub async fn report(db: &DatabaseConnection, date: &str) -> Result<Report, Recon
     let json = store::latest_report(db, &day)
         .await?
         .ok_or_else(|| ReconError::NoReport(day.clone()))?;
-    serde_json::from_str(&json).map_err(|e| ReconError::Report(format!("stored report: {e}")))
+    let mut report: Report = serde_json::from_str(&json)
+        .map_err(|e| ReconError::Report(format!("stored report: {e}")))?;
+    crate::recon_resolve::merge(db, &mut report).await?;
+    Ok(report)
 }
 
 /// A readable summary for people.
@@ -112,12 +115,16 @@ pub fn table(r: &Report) -> String {
                     num(m.our_amount),
                     m.currency.clone(),
                     m.detail.clone(),
+                    m.resolution
+                        .as_ref()
+                        .map(|r| format!("{} at {}: {}", r.by, r.at, r.note))
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
         out.push_str(&crate::output::capped_table(
             &[
-                "LINE", "CLASS", "PAYMENT", "TYPE", "FILE", "OURS", "CUR", "DETAIL",
+                "LINE", "CLASS", "PAYMENT", "TYPE", "FILE", "OURS", "CUR", "DETAIL", "RESOLVED",
             ],
             &rows,
             usize::try_from(r.manual_review_total).unwrap_or(usize::MAX),
@@ -139,5 +146,8 @@ pub fn table(r: &Report) -> String {
         "\nreport files: {}\n              {}\n",
         r.files.json, r.files.csv
     ));
+    if let Some(f) = &r.files.resolutions {
+        out.push_str(&format!("              {f}\n"));
+    }
     out
 }

@@ -16,7 +16,7 @@ use crate::faults::Fault;
 use crate::limit::{RateLimit, retry_after_s};
 use crate::request::BadRequest;
 use crate::telemetry::{self, Endpoint, Outcome};
-use crate::{Shared, Simulator, lookup, payments, refunds, settlement, stats};
+use crate::{Shared, Simulator, brownout, lookup, payments, refunds, settlement, stats};
 
 /// Builds every route of the simulator.
 pub(crate) fn router(sim: &Simulator) -> Router {
@@ -40,6 +40,10 @@ pub(crate) fn router(sim: &Simulator) -> Router {
         .route(
             "/v1/sim/stats",
             fronted(sim, Endpoint::Stats, get(stats::get_stats)),
+        )
+        .route(
+            "/v1/sim/brownout",
+            fronted(sim, Endpoint::Brownout, post(brownout::post_brownout)),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sim.clone())
@@ -70,14 +74,15 @@ fn fronted(
 
 /// Refuses requests over the rate limit at once (before latency, as a PSP's edge would, and
 /// before anything is read or recorded), adds the latency, refuses unauthenticated requests,
-/// and counts the outcome the handler attached to its response.
+/// fails PSP calls with a 500 during an ordered brownout, and counts the outcome the handler
+/// attached to its response.
 async fn front_door(State(front): State<Front>, request: Request, next: Next) -> Response {
     let shared = &front.sim.shared;
     // `/v1/sim/*` is the simulator's own window, not the PSP's API: never limited.
     let refused = shared
         .rate_limit
         .as_ref()
-        .filter(|_| front.endpoint != Endpoint::Stats)
+        .filter(|_| !front.endpoint.is_sim_window())
         .and_then(|limit| limit.admit().err().map(|wait| (limit, wait)));
     let response = match refused {
         Some((limit, wait)) => {
@@ -86,14 +91,20 @@ async fn front_door(State(front): State<Front>, request: Request, next: Next) ->
         }
         None => {
             shared.hold_ms(shared.dice.latency_ms()).await;
-            if authorized(shared.cfg.api_key.as_deref(), request.headers()) {
-                next.run(request).await
-            } else {
+            if !authorized(shared.cfg.api_key.as_deref(), request.headers()) {
                 refuse(
                     StatusCode::UNAUTHORIZED,
                     Outcome::Unauthorized,
                     "missing or wrong Authorization: Bearer token",
                 )
+            } else if front.endpoint.is_psp_call() && shared.brownout.active() {
+                refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Outcome::Error,
+                    "simulated brownout: nothing was processed",
+                )
+            } else {
+                next.run(request).await
             }
         }
     };

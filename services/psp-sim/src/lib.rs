@@ -11,6 +11,7 @@
 //! payment id — whatever the faults, the concurrency or the restarts (see `store`).
 
 mod auth;
+mod brownout;
 mod clock;
 mod config;
 mod drift;
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     /// One shared generator, so a seeded run draws one reproducible sequence.
     pub(crate) dice: Dice,
+    /// A brownout ordered through `/v1/sim/brownout`: every PSP call fails until it ends.
+    pub(crate) brownout: brownout::Brownout,
     /// The request-rate limit, when one is configured.
     pub(crate) rate_limit: Option<RateLimit>,
     /// Set when a certificate and key are configured: the simulator then serves HTTPS.
@@ -109,6 +112,7 @@ impl Simulator {
                 cfg,
                 store,
                 dice,
+                brownout: brownout::Brownout::default(),
                 rate_limit,
                 tls,
                 stopping: watch::Sender::new(false),

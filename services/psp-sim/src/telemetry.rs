@@ -12,16 +12,29 @@ pub(crate) enum Endpoint {
     PaymentStatus,
     Settlements,
     Stats,
+    Brownout,
 }
 
 impl Endpoint {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Payments,
         Self::Refunds,
         Self::PaymentStatus,
         Self::Settlements,
         Self::Stats,
+        Self::Brownout,
     ];
+
+    /// `/v1/sim/*`: the simulator's own window, not the PSP's API (never rate-limited, never
+    /// browned out).
+    pub(crate) fn is_sim_window(self) -> bool {
+        matches!(self, Self::Stats | Self::Brownout)
+    }
+
+    /// A PSP call a brownout fails: charge, refund, status lookup.
+    pub(crate) fn is_psp_call(self) -> bool {
+        matches!(self, Self::Payments | Self::Refunds | Self::PaymentStatus)
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -30,6 +43,7 @@ impl Endpoint {
             Self::PaymentStatus => "payment_status",
             Self::Settlements => "settlements",
             Self::Stats => "stats",
+            Self::Brownout => "brownout",
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum ReconError {
     NoSource(String),
     #[error("date: {0}")]
     BadDate(String),
+    #[error("{0}")]
+    BadInput(String),
     #[error("report: {0}")]
     Report(String),
     #[error("no reconciliation report for {0}")]

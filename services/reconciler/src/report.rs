@@ -55,6 +55,9 @@ pub struct Report {
 pub struct ReportFiles {
     pub json: String,
     pub csv: String,
+    /// `<run_id>.resolutions.csv`: the manual-review rows operators resolved, once there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolutions: Option<String>,
 }
 
 /// One row of a report.
@@ -73,6 +76,17 @@ pub struct ReportRow {
     /// `applied`, `already_applied`, `skipped`, or none.
     pub correction: Option<String>,
     pub detail: String,
+    /// A manual-review row an operator resolved (`paystream.recon.resolve`): who, when, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+}
+
+/// Who resolved a manual-review row, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub by: String,
+    pub at: String,
+    pub note: String,
 }
 
 impl From<row::Model> for ReportRow {
@@ -88,6 +102,7 @@ impl From<row::Model> for ReportRow {
             currency: r.currency,
             correction: r.correction,
             detail: r.detail,
+            resolution: None,
         }
     }
 }
@@ -122,6 +137,17 @@ fn csv_field(out: &mut String, s: &str) {
     }
 }
 
+/// One CSV record of `cells`, newline included.
+pub fn csv_line(out: &mut String, cells: &[String]) {
+    for (i, c) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_field(out, c);
+    }
+    out.push('\n');
+}
+
 /// Writes `<dir>/<run_id>.json` and `<dir>/<run_id>.csv` (every non-matched row, page by page).
 pub async fn write_files(
     db: &DatabaseConnection,
@@ -134,6 +160,7 @@ pub async fn write_files(
     report.files = ReportFiles {
         json: json_path.display().to_string(),
         csv: csv_path.display().to_string(),
+        resolutions: None,
     };
     let mut csv = tokio::io::BufWriter::new(tokio::fs::File::create(&csv_path).await?);
     csv.write_all(
@@ -164,13 +191,7 @@ pub async fn write_files(
                 r.correction.unwrap_or_default(),
                 r.detail,
             ];
-            for (i, c) in cells.iter().enumerate() {
-                if i > 0 {
-                    text.push(',');
-                }
-                csv_field(&mut text, c);
-            }
-            text.push('\n');
+            csv_line(&mut text, &cells);
         }
         csv.write_all(text.as_bytes()).await?;
     }

@@ -11,11 +11,12 @@ use jiff::tz::TimeZone;
 use metrics::{counter, gauge, histogram};
 use paystream_common::events::EventKind;
 use paystream_common::ids::PaymentId;
+use paystream_common::payment::Change;
 use paystream_common::settlement::{self, RowError, RowKind, SettlementRow};
 use paystream_common::state::Trigger;
 use paystream_common::telemetry::names;
 use paystream_common::time::{now_ms, rfc3339_ms};
-use paystream_payment::store::{self as payments, Change};
+use paystream_payment::store as payments;
 use sea_orm::{DatabaseConnection, Set};
 use uuid::Uuid;
 
@@ -354,14 +355,14 @@ impl Reconciler {
         let ours: HashMap<String, Ours> = payments::load(&self.db, &ids)
             .await?
             .into_iter()
-            .map(|(id, m)| {
-                let state = payments::state_of(&m)?;
+            .map(|(id, p)| {
+                let p = p?;
                 Ok((
-                    id,
+                    id.to_string(),
                     Ours {
-                        state,
-                        amount_minor: m.amount,
-                        currency: m.currency,
+                        state: p.state,
+                        amount_minor: p.amount.minor(),
+                        currency: p.currency.to_string(),
                     },
                 ))
             })

@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 
 use paystream_common::db::begin_write;
 use paystream_common::ownership;
+use paystream_common::payment::Change;
 use paystream_common::settlement::RowKind;
 use paystream_common::state::PaymentState;
 use paystream_common::time::now_ms;
-use paystream_payment::store::{self as payments, Change, Recorded, StoreError};
+use paystream_payment::store::{self as payments, Recorded, StoreError};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,

@@ -69,6 +69,7 @@ async fn bench_smoke_against_a_slow_psp() {
                 latency_ms: Some(40),
                 latency_p99_ms: Some(300),
                 timeout_rate: 0.02,
+                brownout_s: None,
             },
         },
     )
@@ -91,4 +92,58 @@ async fn bench_smoke_against_a_slow_psp() {
         assert!(json.get(key).is_some(), "bench --json has {key}");
     }
     eprintln!("{}", report.table());
+}
+
+/// A brownout in the middle of a paced run: no payment fails, the UNKNOWNs stay within what the
+/// breaker lets through before it opens (its window) plus its probes and what was in flight, the
+/// breaker opens and closes, and the pipeline is back at the full rate within 10 s of the PSP's
+/// recovery (from the history's timestamps). Everything is verified: all SUCCESS, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_through_a_brownout() {
+    const SECONDS: u64 = 6;
+    let bin = paystream_testkit::nats_server_bin();
+    let cfg = Config::load_from([
+        "paystream",
+        &format!("--nats-server-bin={}", bin.display()),
+        "--psp-timeout=2s",
+        "--executing-timeout=3s",
+        "--sweep-interval=300ms",
+        "--sweep-max-attempts=100",
+    ])
+    .unwrap();
+    let report = bench::run(
+        &cfg,
+        BenchOptions {
+            payments: 200,
+            rate: 40,
+            postgres: false,
+            fsync_always: false,
+            backlog: 0,
+            json: true,
+            psp: bench::PspOptions {
+                latency_ms: Some(20),
+                latency_p99_ms: None,
+                timeout_rate: 0.0,
+                brownout_s: Some(SECONDS),
+            },
+        },
+    )
+    .await
+    .expect("bench runs");
+    eprintln!("{}", report.table());
+    assert!(report.verified, "{:?}", report.problems);
+    let b = report.brownout.as_ref().expect("a brownout report");
+    assert_eq!(b.payments, 40 * (5 + SECONDS as usize + 20));
+    assert_eq!(b.failed, 0, "a brownout fails no payment");
+    assert!(b.breaker_opened >= 1 && b.breaker_closed >= 1, "{b:?}");
+    let window = paystream_payment::breaker::WINDOW as i64;
+    let probes = SECONDS as i64 / 2 + 2;
+    assert!(
+        b.went_unknown <= window + b.in_flight_at_start.ceil() as i64 + probes,
+        "{b:?}"
+    );
+    let full = b.full_rate_after_ms.expect("back at the full rate");
+    assert!(full < 10_000, "back at full rate {full} ms after recovery");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["brownout"]["full_rate_after_ms"].is_i64());
 }

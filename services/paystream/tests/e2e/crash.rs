@@ -45,6 +45,7 @@ fn spawn(
         .env("PAYSTREAM_PSP_URL", psp_url)
         .env("PAYSTREAM_DATA_DIR", data)
         .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PARTITIONS", "4")
         .env("PAYSTREAM_PSP_TIMEOUT", "2s")
         .env("PAYSTREAM_EXECUTING_TIMEOUT", "3s")

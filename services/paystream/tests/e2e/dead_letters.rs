@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 use crate::helpers::{Env, eventually, publish_all, requests, scalar, wait_settled};
 
-const POISON: &str = "m-poison";
+pub const POISON: &str = "m-poison";
 const BACKOFF_MS: [i64; 3] = [1_000, 2_000, 3_000];
 
 async fn exec(db: &DatabaseConnection, sql: &str) {
@@ -27,7 +27,7 @@ async fn exec(db: &DatabaseConnection, sql: &str) {
     .unwrap();
 }
 
-async fn inject_fault(db: &DatabaseConnection) {
+pub async fn inject_fault(db: &DatabaseConnection) {
     match db.get_database_backend() {
         DbBackend::Sqlite => {
             for op in ["INSERT", "UPDATE"] {
@@ -49,7 +49,7 @@ async fn inject_fault(db: &DatabaseConnection) {
     }
 }
 
-async fn remove_fault(db: &DatabaseConnection) {
+pub async fn remove_fault(db: &DatabaseConnection) {
     match db.get_database_backend() {
         DbBackend::Sqlite => {
             exec(db, "DROP TRIGGER poison_INSERT").await;

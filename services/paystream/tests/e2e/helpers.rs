@@ -503,3 +503,27 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
 }
+
+/// Reconciles `day` against a settlement file with one charge of a payment we never received
+/// (line 2: `unknown_payment`, for manual review), then the lines `more`.
+pub async fn reconcile_an_unknown_payment(
+    env: &Env,
+    day: &str,
+    more: &[String],
+) -> paystream_reconciler::report::Report {
+    let file = env.data.path().join(format!("{day}.csv"));
+    std::fs::write(
+        &file,
+        format!(
+            "psp_reference,payment_id,merchant_id,type,amount,currency,settled_at\n\
+             ch_unknown_1,{},m-elsewhere,charge,990,USD,{day}T10:00:00Z\n{}",
+            paystream_common::ids::PaymentId::new_random(),
+            more.iter().map(|l| format!("{l}\n")).collect::<String>()
+        ),
+    )
+    .expect("settlement file written");
+    let rec = paystream::recon::reconciler(&env.cfg, env.db().clone(), None);
+    paystream::recon::run(&rec, day, Some(file.to_str().expect("UTF-8 path")), "test")
+        .await
+        .expect("reconciliation runs")
+}

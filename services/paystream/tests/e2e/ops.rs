@@ -70,6 +70,7 @@ fn json_logs_and_process_metrics_from_start_up() {
         .env_clear()
         .env("PAYSTREAM_DATA_DIR", data.path())
         .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PSP_SIM_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_LOG_FORMAT", "json")
         .stdin(std::process::Stdio::null())

@@ -14,9 +14,10 @@ use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
 use paystream_common::ingress::{CancelRequest, PaymentRequest};
 use paystream_common::money::{Amount, Currency};
 use paystream_common::nats;
+use paystream_common::payment::Change;
 use paystream_common::state::{PaymentState, Trigger};
 use paystream_payment::psp::{HttpPsp, Psp};
-use paystream_payment::store::{Change, Recorded};
+use paystream_payment::store::Recorded;
 use paystream_psp_sim::{Drift, row_drift};
 use paystream_testkit::Backend;
 use serde_json::Value;
@@ -208,7 +209,7 @@ async fn day_with_faults(backend: Backend) {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let unknown = ours[&r.payment_id.to_string()].state == "UNKNOWN";
+            let unknown = ours[&r.payment_id].as_ref().unwrap().state == PaymentState::Unknown;
             match fate(i) {
                 Fate::Lost => {
                     assert!(unknown, "a lost answer leaves the payment UNKNOWN");
@@ -291,7 +292,15 @@ async fn day_with_faults(backend: Backend) {
                     p["refund_reference"].as_str().map(str::to_owned),
                 )
             }
-            _ => (ours[&id].psp_reference.clone().unwrap_or_default(), None),
+            _ => (
+                ours[&r.payment_id]
+                    .as_ref()
+                    .unwrap()
+                    .psp_reference
+                    .clone()
+                    .unwrap_or_default(),
+                None,
+            ),
         };
         let mut money = 0;
         match f {

@@ -44,6 +44,7 @@ impl Fleet {
             ("DATABASE_URL", db_url.to_owned()),
             ("PAYSTREAM_PSP_URL", psp_url.to_owned()),
             ("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0".to_owned()),
             ("PAYSTREAM_PARTITIONS", PARTITIONS.to_owned()),
             ("PAYSTREAM_MEMBER_TTL", "2s".to_owned()),
             ("PAYSTREAM_BACKOFF", "200ms,400ms,800ms,1s".to_owned()),

@@ -136,7 +136,7 @@ async fn checkout_may_pay_and_nothing_else_postgres() {
     checkout_may_pay_and_nothing_else(Backend::Postgres).await;
 }
 
-fn paystream_cli(env: &Env, user: &str, args: &[&str]) -> std::process::Output {
+pub fn paystream_cli(env: &Env, user: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args(args)
         .env_clear()
@@ -388,7 +388,8 @@ async fn refused_credentials_or_permissions_stop_start_up_with_the_cause() {
             .env("PAYSTREAM_NATS_USER", user)
             .env("PAYSTREAM_NATS_PASSWORD", password)
             .env("PAYSTREAM_DATA_DIR", data.path())
-            .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0");
+            .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+            .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0");
         c
     };
     let started = Instant::now();
@@ -429,7 +430,8 @@ async fn refused_credentials_or_permissions_stop_start_up_with_the_cause() {
             .env("PAYSTREAM_NATS_USER", "limited")
             .env("PAYSTREAM_NATS_PASSWORD", "pw-limited")
             .env("PAYSTREAM_DATA_DIR", data.path())
-            .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0"),
+            .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+            .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0"),
         Duration::from_secs(20),
     );
     assert!(!status.success());
@@ -475,6 +477,7 @@ async fn up_is_secure_by_default_and_leaks_no_secret() {
         )
         .env("PAYSTREAM_EMBEDDED_NATS_PORT", "0")
         .env("PAYSTREAM_HTTP_ADDR", &http)
+        .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PSP_SIM_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PSP_API_KEY", &psp_key)
         .env("PAYSTREAM_PSP_SIM_API_KEY", &psp_key)

@@ -1,7 +1,8 @@
 //! Two sweepers never work on the same payment at once: concurrent claims on the same payments
 //! get disjoint sets, and a lease blocks others until it expires.
 
-use paystream_payment::store::{self, Requested};
+use paystream_common::payment::Requested;
+use paystream_payment::store;
 use paystream_testkit::{Backend, TestDb};
 
 use crate::helpers::requests;

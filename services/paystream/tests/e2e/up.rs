@@ -45,6 +45,7 @@ fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Up {
         )
         .env("PAYSTREAM_EMBEDDED_NATS_PORT", "0")
         .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0")
         .env("PAYSTREAM_PSP_SIM_ADDR", "127.0.0.1:0")
         .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
@@ -57,12 +58,15 @@ fn spawn_up(data: &Path, extra_env: &[(&str, &str)]) -> Up {
 
 /// Where `up` serves `/metrics`: the address it logged ("metrics and health endpoints listening").
 fn http_addr(data: &Path) -> Option<String> {
+    logged_addr(data, "metrics and health endpoints listening", "http_addr=")
+}
+
+/// The address after `key` on the log line saying `message`.
+fn logged_addr(data: &Path, message: &str, key: &str) -> Option<String> {
     let log = std::fs::read_to_string(data.join("up.log")).ok()?;
-    let line = log
-        .lines()
-        .find(|l| l.contains("metrics and health endpoints listening"))?;
+    let line = log.lines().find(|l| l.contains(message))?;
     let plain = strip_ansi(line);
-    let at = plain.find("http_addr=")? + "http_addr=".len();
+    let at = plain.find(key)? + key.len();
     Some(
         plain[at..]
             .split_whitespace()
@@ -142,6 +146,11 @@ async fn up_embedded() {
     // From start-up, before any payment: every metric the dashboards and rules query is there
     // (an absent() rule or a fresh dashboard must not wait for the first event).
     rules_and_dashboards_use_exported_metrics(&metrics());
+    // `up` serves the operator console too.
+    let console = logged_addr(data.path(), "operator console listening", "addr=")
+        .expect("up logged the console's address");
+    let (status, page) = http_get(&console, "/signin").expect("the console answers");
+    assert!(status == 200 && page.contains("Sign in"), "{status} {page}");
     eventually(Duration::from_secs(30), "up accepts a payment", || {
         let dir = dir.clone();
         async move {
