@@ -21,6 +21,7 @@ mod ordering;
 mod real_psp;
 mod recon;
 mod recon_file;
+mod refunds;
 mod scale;
 mod security;
 mod sweeper;
