@@ -6,7 +6,7 @@
 //! SIGKILLs.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use paystream::{client, queries};
@@ -19,6 +19,7 @@ use paystream_testkit::{Backend, TestDb, TestNats};
 use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
+use crate::crash::spawn_up;
 use crate::helpers::{config, eventually, scalar, sim_payment};
 
 /// A simulator on a fixed address that can be stopped and started again with other faults (its
@@ -67,31 +68,12 @@ fn spawn(
     data: &std::path::Path,
     failpoint: Option<&str>,
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paystream"));
-    cmd.arg("up")
-        .env_clear()
-        .env("PAYSTREAM_NATS_URL", nats_url)
-        .env("DATABASE_URL", db_url)
-        .env("PAYSTREAM_PSP_URL", psp_url)
-        .env("PAYSTREAM_DATA_DIR", data)
-        .env("PAYSTREAM_HTTP_ADDR", "127.0.0.1:0")
-        .env("PAYSTREAM_CONSOLE_ADDR", "127.0.0.1:0")
-        // As `helpers::config`, which made the streams.
-        .env("PAYSTREAM_PARTITIONS", "4")
-        .env("PAYSTREAM_PSP_TIMEOUT", "2s")
-        .env("PAYSTREAM_EXECUTING_TIMEOUT", "3s")
-        .env("PAYSTREAM_SWEEP_INTERVAL", "300ms")
-        // The reproduction: three deliveries, which waiting and lost answers used to spend.
-        .env("PAYSTREAM_BACKOFF", "200ms,400ms")
-        .env("PAYSTREAM_MAX_DELIVER", "3")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(data.join("paystream.log")).expect("log file"));
-    if let Some(f) = failpoint {
-        cmd.env("PAYSTREAM_FAILPOINTS", format!("{f}@1"));
-    }
-    cmd.spawn().expect("paystream starts")
+    // The reproduction: three deliveries, which waiting and lost answers used to spend.
+    let env = [
+        ("PAYSTREAM_BACKOFF", "200ms,400ms"),
+        ("PAYSTREAM_MAX_DELIVER", "3"),
+    ];
+    spawn_up(nats_url, db_url, psp_url, data, failpoint, &env)
 }
 
 fn payment(buyer: &str) -> PaymentRequest {
