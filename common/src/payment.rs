@@ -1,6 +1,6 @@
 //! The payment domain's decisions, as pure functions beside `state`: a stored payment as typed
 //! values (`Payment`), what a payment request means for it (`plan`), what a cancellation comes
-//! to (`cancellation`), and what a change does to it — its next state, its version and the event
+//! to (`cancellation`, `refund_intent`, `deferred_refund`, `refunded`), and what a change does to it — its next state, its version and the event
 //! it publishes (`Change`, `apply`). `paystream_payment::store` keeps only the SQL around them:
 //! it loads rows, parses them into `Payment`s, calls these, and writes what they return.
 //!
@@ -36,6 +36,18 @@ pub struct Payment {
     /// Its request's PAYMENTS stream sequence.
     pub request_seq: u64,
     /// When JetStream stored its request (unix ms).
+    pub requested_at_ms: i64,
+    /// A cancellation accepted for it, carried out once it is charged (and kept as the reason
+    /// and time of its `cancelled` event).
+    pub cancel: Option<CancelIntent>,
+}
+
+/// A cancellation recorded on its payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelIntent {
+    /// The client's reason, if it gave one.
+    pub reason: Option<String>,
+    /// When JetStream stored the cancellation (unix ms).
     pub requested_at_ms: i64,
 }
 
@@ -76,6 +88,7 @@ impl Requested {
             psp_reference: None,
             request_seq: self.seq,
             requested_at_ms: self.published_ms,
+            cancel: None,
         }
     }
 }
@@ -141,22 +154,28 @@ pub fn plan(existing: Option<&Payment>, r: &Requested) -> Result<Plan, IllegalTr
 /// What a cancellation of a payment comes to, given the payment now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancellation {
-    /// Refund this amount at the PSP.
+    /// Write REFUNDING (`refund_intent`) in the same transaction, then refund at the PSP.
     Refund(Amount),
     /// Already cancelled: nothing to do.
     AlreadyCancelled,
-    /// The payment request has not been recorded yet: wait for it.
+    /// Its refund intent is recorded already (REFUNDING): the refund is under way or the
+    /// sweeper's; nothing more to do.
+    RefundUnderWay,
+    /// The payment request has not been recorded yet: wait for it (bounded by the message's
+    /// deliveries, counted in `paystream_consumer_retries_total{reason="cancel_before_payment"}`).
     NotReceived,
-    /// The payment is still being executed: wait for its outcome.
-    InFlight(PaymentState),
+    /// The charge's outcome is not known yet: record the cancellation on the payment
+    /// (`CancelIntent`), carried out when the outcome is in (`deferred_refund`). Waiting uses
+    /// up no delivery.
+    Defer(PaymentState),
     /// The payment belongs to another buyer.
     OtherBuyer,
     /// The payment ended FAILURE: nothing was charged.
     EndedFailure,
 }
 
-/// A cancellation is always decided after the completion it cancels: until the payment's outcome
-/// is in, it waits.
+/// A cancellation is always decided after the completion it cancels: a payment whose outcome is
+/// not in keeps the cancellation on itself until it is.
 pub fn cancellation(payment: Option<&Payment>, c: &CancelRequest) -> Cancellation {
     let Some(p) = payment else {
         return Cancellation::NotReceived;
@@ -166,9 +185,55 @@ pub fn cancellation(payment: Option<&Payment>, c: &CancelRequest) -> Cancellatio
     }
     match p.state {
         PaymentState::Success => Cancellation::Refund(p.amount),
+        PaymentState::Refunding => Cancellation::RefundUnderWay,
         PaymentState::Cancelled => Cancellation::AlreadyCancelled,
         PaymentState::Failure => Cancellation::EndedFailure,
-        state => Cancellation::InFlight(state),
+        state @ (PaymentState::NotStarted | PaymentState::Executing | PaymentState::Unknown) => {
+            Cancellation::Defer(state)
+        }
+    }
+}
+
+/// The refund intent of a SUCCESS payment: SUCCESS → REFUNDING, written (with the cancellation
+/// kept on the payment as its `CancelIntent`) before the PSP is asked to refund. No event: wallet and ledger hear of the refund once the PSP
+/// has made it.
+pub fn refund_intent(payment: &Payment, cause: String) -> Change {
+    debug_assert_eq!(payment.state, PaymentState::Success);
+    Change::new(payment.payment_id, Trigger::RefundStart, cause)
+}
+
+/// The refund owed by a cancellation recorded earlier, once `by` (the change just applied) has
+/// brought the payment's outcome: a payment charged (`Charged`, or a settlement row's
+/// `SettledCharge`) with a `CancelIntent` is refunded; one that ends FAILURE has nothing to
+/// refund; one still without an outcome keeps waiting. A refund the PSP declined (back to SUCCESS)
+/// is not tried again on its own: a new cancellation asks for it.
+pub fn deferred_refund(payment: &Payment, by: Trigger) -> Option<Change> {
+    let charged = matches!(by, Trigger::Charged | Trigger::SettledCharge);
+    (charged && payment.state == PaymentState::Success && payment.cancel.is_some()).then(|| {
+        refund_intent(
+            payment,
+            "refund intent (cancellation recorded before the outcome)".into(),
+        )
+    })
+}
+
+/// The PSP refunded a REFUNDING payment: CANCELLED with a `cancelled` event, carrying the
+/// cancellation's reason and time.
+pub fn refunded(payment: &Payment, psp_reference: &str, via: &str) -> Change {
+    let cancel = payment.cancel.as_ref();
+    Change {
+        event: Some(EventKind::Cancelled),
+        reason: Some(
+            cancel
+                .and_then(|c| c.reason.clone())
+                .unwrap_or_else(|| "cancelled".into()),
+        ),
+        requested_at_ms: cancel.map(|c| c.requested_at_ms),
+        ..Change::new(
+            payment.payment_id,
+            Trigger::Refunded,
+            format!("{via}: PSP refunded ({psp_reference})"),
+        )
     }
 }
 
@@ -353,10 +418,17 @@ mod tests {
         assert_eq!(cancellation(None, &c), Cancellation::NotReceived);
         assert_eq!(
             cancellation(Some(&p), &c),
-            Cancellation::InFlight(PaymentState::Executing)
+            Cancellation::Defer(PaymentState::Executing)
+        );
+        p.state = PaymentState::Unknown;
+        assert_eq!(
+            cancellation(Some(&p), &c),
+            Cancellation::Defer(PaymentState::Unknown)
         );
         p.state = PaymentState::Success;
         assert_eq!(cancellation(Some(&p), &c), Cancellation::Refund(p.amount));
+        p.state = PaymentState::Refunding;
+        assert_eq!(cancellation(Some(&p), &c), Cancellation::RefundUnderWay);
         p.state = PaymentState::Failure;
         assert_eq!(cancellation(Some(&p), &c), Cancellation::EndedFailure);
         p.state = PaymentState::Cancelled;
@@ -414,23 +486,77 @@ mod tests {
         assert!(!asked, "no event id is taken for a refused change");
     }
 
-    const TRIGGERS: [Trigger; 8] = [
+    const TRIGGERS: [Trigger; 10] = [
         Trigger::Execute,
         Trigger::Charged,
         Trigger::Declined,
         Trigger::Indeterminate,
+        Trigger::RefundStart,
         Trigger::Refunded,
+        Trigger::RefundDeclined,
         Trigger::SettledCharge,
         Trigger::SettledRefund,
         Trigger::SettledAmount,
     ];
+
+    #[test]
+    fn a_refund_carries_the_cancellation_recorded_on_the_payment() {
+        let mut p = requested().new_payment();
+        p.state = PaymentState::Success;
+        p.cancel = Some(CancelIntent {
+            reason: Some("buyer changed mind".into()),
+            requested_at_ms: 5_000,
+        });
+        assert!(deferred_refund(&p, Trigger::RefundDeclined).is_none());
+        let intent = deferred_refund(&p, Trigger::Charged)
+            .expect("a charged payment with a cancellation refunds");
+        apply(&mut p, &intent, Uuid::now_v7, 6_000).unwrap();
+        assert_eq!(p.state, PaymentState::Refunding);
+        let refund = refunded(&p, "re_1", "t");
+        let applied = apply(&mut p, &refund, Uuid::now_v7, 7_000).unwrap();
+        let e = applied.event.expect("a refund publishes `cancelled`");
+        assert_eq!(applied.to, PaymentState::Cancelled);
+        assert_eq!(e.kind, EventKind::Cancelled);
+        assert_eq!(e.reason.as_deref(), Some("buyer changed mind"));
+        assert_eq!(e.requested_at_ms, Some(5_000));
+    }
+
+    proptest! {
+        /// A cancellation recorded on a payment is carried out exactly when its outcome is a
+        /// charge, and the refund it owes always passes the state machine (into REFUNDING,
+        /// never straight to CANCELLED: the PSP refunds only after the intent is durable).
+        #[test]
+        fn a_recorded_cancellation_refunds_only_a_charged_payment(
+            state in proptest::sample::select(PaymentState::ALL.to_vec()),
+            cancelled in any::<bool>(),
+            by in 0usize..10,
+        ) {
+            let by = TRIGGERS[by];
+            let mut p = requested().new_payment();
+            p.state = state;
+            p.cancel = cancelled.then_some(CancelIntent { reason: None, requested_at_ms: 1 });
+            let c = CancelRequest { payment_id: p.payment_id, buyer_id: p.buyer_id.clone(), reason: None };
+            let charged = matches!(by, Trigger::Charged | Trigger::SettledCharge);
+            match deferred_refund(&p, by) {
+                Some(change) => {
+                    prop_assert!(cancelled && charged && state == PaymentState::Success);
+                    prop_assert_eq!(transition(state, change.trigger), Ok(PaymentState::Refunding));
+                    prop_assert_eq!(cancellation(Some(&p), &c), Cancellation::Refund(p.amount));
+                }
+                None => prop_assert!(!cancelled || !charged || state != PaymentState::Success),
+            }
+            // What waits for an outcome is exactly what cannot be refunded or settled yet.
+            let waits = matches!(cancellation(Some(&p), &c), Cancellation::Defer(_));
+            prop_assert_eq!(waits, !state.is_final());
+        }
+    }
 
     proptest! {
         /// Whatever changes arrive, the events a payment publishes have versions 1, 2, 3, … with
         /// no gap and no repeat, each carries the payment's own ids, and an applied change always
         /// lands in the state the state machine names.
         #[test]
-        fn versions_are_contiguous(seq in proptest::collection::vec((0usize..8, any::<bool>()), 0..60)) {
+        fn versions_are_contiguous(seq in proptest::collection::vec((0usize..10, any::<bool>()), 0..60)) {
             let mut p = requested().new_payment();
             let mut published = Vec::new();
             for (t, publishes) in seq {

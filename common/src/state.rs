@@ -11,16 +11,20 @@ pub enum PaymentState {
     Success,
     Failure,
     Unknown,
+    /// A cancellation of a SUCCESS payment is being carried out: the refund intent, written
+    /// before the PSP is asked to refund (as EXECUTING is before a charge).
+    Refunding,
     Cancelled,
 }
 
 impl PaymentState {
-    pub const ALL: [PaymentState; 6] = [
+    pub const ALL: [PaymentState; 7] = [
         PaymentState::NotStarted,
         PaymentState::Executing,
         PaymentState::Success,
         PaymentState::Failure,
         PaymentState::Unknown,
+        PaymentState::Refunding,
         PaymentState::Cancelled,
     ];
 
@@ -31,6 +35,7 @@ impl PaymentState {
             PaymentState::Success => "SUCCESS",
             PaymentState::Failure => "FAILURE",
             PaymentState::Unknown => "UNKNOWN",
+            PaymentState::Refunding => "REFUNDING",
             PaymentState::Cancelled => "CANCELLED",
         }
     }
@@ -39,12 +44,21 @@ impl PaymentState {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// The PSP's answer is settled: no executor will call the PSP for this payment again.
+    /// The PSP's answer to the charge is settled: no executor will charge this payment again.
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            PaymentState::Success | PaymentState::Failure | PaymentState::Cancelled
+            PaymentState::Success
+                | PaymentState::Failure
+                | PaymentState::Refunding
+                | PaymentState::Cancelled
         )
+    }
+
+    /// The merchant holds this payment's money (its `succeeded` event is out, no `cancelled`
+    /// yet): SUCCESS, and REFUNDING until the PSP has refunded.
+    pub fn holds_money(self) -> bool {
+        matches!(self, PaymentState::Success | PaymentState::Refunding)
     }
 }
 
@@ -59,8 +73,12 @@ pub enum Trigger {
     Declined,
     /// The PSP's answer is unknown: timeout, connection reset, 5xx after sending.
     Indeterminate,
+    /// A cancellation of a charged payment: the refund intent, recorded before the PSP is asked.
+    RefundStart,
     /// The PSP refunded it.
     Refunded,
+    /// The PSP refused the refund: the payment stays charged.
+    RefundDeclined,
     /// Reconciliation: the settlement file shows the charge.
     SettledCharge,
     /// Reconciliation: the settlement file shows a refund.
@@ -91,10 +109,14 @@ pub fn transition(from: PaymentState, trigger: Trigger) -> Result<PaymentState, 
         (Executing | Unknown, Charged) => Success,
         (Executing | Unknown, Declined) => Failure,
         (Executing | Unknown, Indeterminate) => Unknown,
-        (Success, Refunded) => Cancelled,
+        // A refund whose answer is lost stays REFUNDING: the sweeper asks the PSP by key.
+        (Refunding, Indeterminate) => Refunding,
+        (Success, RefundStart) => Refunding,
+        (Refunding, Refunded) => Cancelled,
+        (Refunding, RefundDeclined) => Success,
         (NotStarted | Executing | Unknown | Failure, SettledCharge) => Success,
-        (Success, SettledRefund) => Cancelled,
-        (Success | Cancelled, SettledAmount) => from,
+        (Success | Refunding, SettledRefund) => Cancelled,
+        (Success | Refunding | Cancelled, SettledAmount) => from,
         _ => return Err(IllegalTransition { from, trigger }),
     };
     Ok(to)
@@ -105,12 +127,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const TRIGGERS: [Trigger; 8] = [
+    const TRIGGERS: [Trigger; 10] = [
         Trigger::Execute,
         Trigger::Charged,
         Trigger::Declined,
         Trigger::Indeterminate,
+        Trigger::RefundStart,
         Trigger::Refunded,
+        Trigger::RefundDeclined,
         Trigger::SettledCharge,
         Trigger::SettledRefund,
         Trigger::SettledAmount,
@@ -139,8 +163,27 @@ mod tests {
             Ok(Success)
         );
         assert_eq!(
-            run(&[Trigger::Execute, Trigger::Charged, Trigger::Refunded]),
+            run(&[
+                Trigger::Execute,
+                Trigger::Charged,
+                Trigger::RefundStart,
+                Trigger::Indeterminate,
+                Trigger::Refunded
+            ]),
             Ok(Cancelled)
+        );
+        assert_eq!(
+            run(&[
+                Trigger::Execute,
+                Trigger::Charged,
+                Trigger::RefundStart,
+                Trigger::RefundDeclined
+            ]),
+            Ok(Success)
+        );
+        assert!(
+            run(&[Trigger::Execute, Trigger::Charged, Trigger::Refunded]).is_err(),
+            "no refund without REFUNDING first"
         );
         assert!(
             run(&[Trigger::Charged]).is_err(),
@@ -154,7 +197,7 @@ mod tests {
         /// NOT_STARTED → … → SUCCESS via EXECUTING/UNKNOWN (or a settlement row), and a refund only
         /// follows a success.
         #[test]
-        fn no_sequence_reaches_an_illegal_state(seq in proptest::collection::vec(0usize..8, 0..40)) {
+        fn no_sequence_reaches_an_illegal_state(seq in proptest::collection::vec(0usize..10, 0..40)) {
             let mut state = PaymentState::NotStarted;
             let mut executed = false;
             for i in seq {
@@ -165,11 +208,24 @@ mod tests {
                             prop_assert!(!state.is_final());
                             executed = true;
                         }
-                        if next == PaymentState::Success && state != PaymentState::Success {
+                        // (A declined refund goes back to SUCCESS: the charge stood all along.)
+                        if next == PaymentState::Success && !state.holds_money() {
                             prop_assert!(executed || trigger == Trigger::SettledCharge);
                         }
                         if next == PaymentState::Cancelled && state != PaymentState::Cancelled {
+                            // The PSP refunds only after the intent is written; a settlement
+                            // file's refund row may also cancel a SUCCESS directly.
+                            prop_assert!(
+                                state == PaymentState::Refunding
+                                    || (state == PaymentState::Success
+                                        && trigger == Trigger::SettledRefund)
+                            );
+                        }
+                        if next == PaymentState::Refunding && state != PaymentState::Refunding {
                             prop_assert_eq!(state, PaymentState::Success);
+                        }
+                        if trigger == Trigger::Refunded {
+                            prop_assert_eq!(state, PaymentState::Refunding);
                         }
                         if trigger == Trigger::SettledAmount {
                             prop_assert_eq!(next, state, "an amount correction keeps the state");

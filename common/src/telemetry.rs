@@ -432,7 +432,14 @@ fn register_catalogue() {
         "Payments the sweeper gave up on (attempts exhausted): left for reconciliation."
     );
     describe_gauge!(PAYMENTS_UNKNOWN, "Payments in UNKNOWN right now.");
-    for outcome in ["success", "failure", "unknown", "config_error"] {
+    for outcome in [
+        "success",
+        "failure",
+        "unknown",
+        "config_error",
+        "refunded",
+        "refund_declined",
+    ] {
         counter!(SWEEPER_ATTEMPTS, "outcome" => outcome).absolute(0);
     }
     gauge!(SWEEPER_EXHAUSTED).set(0.0);

@@ -11,6 +11,7 @@ mod m20261125_000002_dead_letters;
 mod m20261201_000010_ownership;
 mod m20261201_000020_reconciliation;
 mod m20261202_000030_console;
+mod m20261203_000040_refunds;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000010_ownership::Migration),
             Box::new(m20261201_000020_reconciliation::Migration),
             Box::new(m20261202_000030_console::Migration),
+            Box::new(m20261203_000040_refunds::Migration),
         ]
     }
 }

@@ -65,7 +65,7 @@ impl Call {
         use paystream_common::state::Trigger;
         let outcome = match change.trigger {
             Trigger::Charged | Trigger::Refunded => "succeeded",
-            Trigger::Declined => "declined",
+            Trigger::Declined | Trigger::RefundDeclined => "declined",
             _ => "unknown",
         };
         Attempt {

@@ -1,23 +1,27 @@
-//! Cancellations: a SUCCESS payment is refunded at the PSP (same idempotency key, so never twice)
-//! and becomes CANCELLED with a `cancelled` event. Each refund runs on its own task like a charge.
-//! A cancellation of a payment whose charge is under way in this instance waits for that charge to
-//! land, then is decided; one of a payment elsewhere in flight, or not received yet, waits (NAK
-//! with delay); a payment that failed cannot be cancelled.
+//! Cancellations, executed like charges. A cancellation of a SUCCESS payment first commits the
+//! refund intent (REFUNDING, the cancellation kept on the payment) and only then asks the PSP to
+//! refund, on its own task, with the payment_id as idempotency key; an answer that is lost leaves
+//! the payment REFUNDING for the sweeper (ask the PSP by key, refund again with the same key),
+//! never for the message's retry budget. A cancellation of a payment whose outcome is not in yet
+//! (EXECUTING, UNKNOWN) is recorded on the payment and acknowledged: the refund intent commits
+//! with the charge when it lands (`store::record_in`). Only a cancellation of a payment not
+//! received yet waits (NAK with delay, `cancel_before_payment`), bounded by `max_deliver`.
 
 use std::sync::Arc;
 
 use paystream_common::consume::{Reply, Verdict};
-use paystream_common::events::EventKind;
+use paystream_common::failpoint;
 use paystream_common::ingress::CancelRequest;
-use paystream_common::money::Amount;
-use paystream_common::payment::{Cancellation, Change, Payment, cancellation};
-use paystream_common::state::{PaymentState, Trigger};
+use paystream_common::payment::{Cancellation, Payment};
+use paystream_common::state::PaymentState;
+use paystream_common::time::now_ms;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
-use crate::pipeline::{Join, Pipeline, Work};
-use crate::psp::{Psp, PspOutcome};
-use crate::store::{self, CorruptRow, Recorded};
+use crate::outcome::{self, Decision};
+use crate::pipeline::{Pipeline, Work};
+use crate::psp::Psp;
+use crate::store::{self, Recorded};
 
 /// A cancellation as it came off the stream.
 pub(crate) struct Cancel {
@@ -31,205 +35,143 @@ pub(crate) async fn cancel<P: Psp>(
     cancels: Vec<(usize, Cancel)>,
     replies: &mut [Option<Reply>],
 ) {
-    let mut now = Vec::new();
-    for (i, c) in cancels {
-        match pipe.flights.join(c.req.payment_id, None) {
-            // Its charge (or another refund of it) is under way here: decide once it lands.
-            Join::Joined(landed) => {
-                let (tx, rx) = oneshot::channel();
-                replies[i] = Some(Reply::Later(rx));
-                let pipe = pipe.clone();
-                tokio::spawn(async move {
-                    let _ = landed.await;
-                    let verdict = decide_one(&pipe, c).await;
-                    let _ = tx.send(verdict);
-                });
+    let accepted: Vec<_> = cancels
+        .iter()
+        .map(|(_, c)| (c.req.clone(), c.published_ms))
+        .collect();
+    let decisions =
+        match store::accept_cancellations(&pipe.db, &accepted, pipe.execution_lease).await {
+            Ok(d) => d,
+            Err(e) => {
+                for (i, _) in &cancels {
+                    replies[*i] = Some(
+                        Verdict::Retry {
+                            label: "database",
+                            error: e.to_string(),
+                        }
+                        .into(),
+                    );
+                }
+                return;
             }
-            Join::None | Join::Different => now.push((i, c)),
-        }
+        };
+    failpoint::hit("payment.after_refund_intent");
+    let mut refunds = Vec::new();
+    for ((i, c), decision) in cancels.into_iter().zip(decisions) {
+        let id = c.req.payment_id;
+        replies[i] = Some(match decision {
+            // Never refunded from a guess: dead-lettered with the row named, for a person.
+            Err(corrupt) => Verdict::Term {
+                label: "payment_id",
+                reason: format!("payment_id: {corrupt}"),
+            }
+            .into(),
+            Ok(Cancellation::Refund(_)) => {
+                refunds.push((i, c));
+                continue;
+            }
+            Ok(Cancellation::AlreadyCancelled | Cancellation::RefundUnderWay) => {
+                Verdict::Ack.into()
+            }
+            Ok(Cancellation::Defer(state)) => {
+                tracing::info!(payment_id = %id, state = state.as_str(), "cancellation recorded on the payment; carried out once it is charged");
+                Verdict::Ack.into()
+            }
+            Ok(Cancellation::NotReceived) => Verdict::Retry {
+                label: "cancel_before_payment",
+                error: format!("payment {id} not received yet"),
+            }
+            .into(),
+            Ok(Cancellation::OtherBuyer) => Verdict::Term {
+                label: "buyer_id",
+                reason: format!("buyer_id: payment {id} belongs to another buyer"),
+            }
+            .into(),
+            Ok(Cancellation::EndedFailure) => Verdict::Term {
+                label: "payment_id",
+                reason: format!("payment_id: payment {id} ended FAILURE; nothing to cancel"),
+            }
+            .into(),
+        });
     }
-    if now.is_empty() {
+    if refunds.is_empty() {
         return;
     }
-    let ids: Vec<_> = now.iter().map(|(_, c)| c.req.payment_id).collect();
-    let rows = match store::load(&pipe.db, &ids).await {
-        Ok(r) => r,
-        Err(e) => {
-            for (i, _) in &now {
-                replies[*i] = Some(
-                    Verdict::Retry {
-                        label: "database",
-                        error: e.to_string(),
-                    }
-                    .into(),
-                );
+    // The intents are committed; the rows now hold the cancellations' reasons and times.
+    let ids: Vec<_> = refunds.iter().map(|(_, c)| c.req.payment_id).collect();
+    let rows = store::load(&pipe.db, &ids).await.unwrap_or_default();
+    for (i, c) in refunds {
+        replies[i] = Some(match rows.get(&c.req.payment_id) {
+            Some(Ok(p)) if p.state == PaymentState::Refunding => {
+                start_refund(pipe, p.clone(), &c).await
             }
-            return;
-        }
-    };
-    for (i, c) in now {
-        let row = rows.get(&c.req.payment_id);
-        replies[i] = Some(match decide(row, &c.req) {
-            Err(verdict) => verdict.into(),
-            Ok(amount) => start_refund(pipe, c, amount).await,
+            // Unreadable now, or already moved on: the intent is durable and leased; the
+            // sweeper refunds it when the lease runs out.
+            _ => Verdict::Ack.into(),
         });
     }
 }
 
-/// Decides one cancellation from its payment's row now (after its charge landed).
-async fn decide_one<P: Psp>(pipe: &Arc<Pipeline<P>>, c: Cancel) -> Verdict {
-    let rows = match store::load(&pipe.db, &[c.req.payment_id]).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Verdict::Retry {
-                label: "database",
-                error: e.to_string(),
-            };
-        }
-    };
-    match decide(rows.get(&c.req.payment_id), &c.req) {
-        Err(verdict) => verdict,
-        Ok(amount) => match start_refund(pipe, c, amount).await {
-            Reply::Now(v) => v,
-            Reply::Later(rx) => rx.await.unwrap_or_else(|_| Verdict::Retry {
-                label: "abandoned",
-                error: "the refund was abandoned (shutdown)".into(),
-            }),
-        },
-    }
-}
-
-/// What a cancellation of the payment in `row` comes to (`payment::cancellation` decides): the
-/// amount to refund, or a verdict.
-fn decide(row: Option<&Result<Payment, CorruptRow>>, c: &CancelRequest) -> Result<Amount, Verdict> {
-    let payment = match row {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        // Never refunded from a guess: dead-lettered with the row named, for a person.
-        Some(Err(corrupt)) => {
-            return Err(Verdict::Term {
-                label: "payment_id",
-                reason: format!("payment_id: {corrupt}"),
-            });
-        }
-    };
-    match cancellation(payment, c) {
-        Cancellation::Refund(amount) => Ok(amount),
-        Cancellation::AlreadyCancelled => Err(Verdict::Ack),
-        Cancellation::NotReceived => Err(Verdict::Retry {
-            label: "cancel_before_payment",
-            error: format!("payment {} not received yet", c.payment_id),
-        }),
-        Cancellation::OtherBuyer => Err(Verdict::Term {
-            label: "buyer_id",
-            reason: format!(
-                "buyer_id: payment {} belongs to another buyer",
-                c.payment_id
-            ),
-        }),
-        Cancellation::EndedFailure => Err(Verdict::Term {
-            label: "payment_id",
-            reason: format!(
-                "payment_id: payment {} ended FAILURE; nothing to cancel",
-                c.payment_id
-            ),
-        }),
-        Cancellation::InFlight(state) => Err(Verdict::Retry {
-            label: "payment_in_flight",
-            error: format!(
-                "payment {} is {}; the cancellation waits for its outcome",
-                c.payment_id,
-                state.as_str()
-            ),
-        }),
-    }
-}
-
-/// Starts the refund of a cancellation on its own task (or joins one under way for the payment).
-async fn start_refund<P: Psp>(pipe: &Arc<Pipeline<P>>, c: Cancel, amount: Amount) -> Reply {
+/// Starts the refund of a REFUNDING payment on its own task; its message waits for the PSP's
+/// first answer. If this instance is already working on the payment, the intent is enough.
+async fn start_refund<P: Psp>(pipe: &Arc<Pipeline<P>>, p: Payment, c: &Cancel) -> Reply {
     let (tx, rx) = oneshot::channel();
-    let id = c.req.payment_id;
-    if !pipe.flights.start(id, Work::Refund, vec![tx]) {
-        return match pipe.flights.join(id, None) {
-            Join::Joined(rx) => Reply::Later(rx),
-            // It landed in between: decide again from the row on redelivery.
-            Join::None | Join::Different => Verdict::Retry {
-                label: "payment_in_flight",
-                error: format!("payment {id} had work under way; deciding again"),
-            }
-            .into(),
-        };
+    if !pipe.flights.start(p.payment_id, Work::Refund, vec![tx]) {
+        return Verdict::Ack.into();
     }
     let slot = pipe.acquire_slot().await;
-    tokio::spawn(refund(pipe.clone(), c, amount, slot));
+    let span = tracing::info_span!("refund", payment_id = %p.payment_id, buyer_id = %p.buyer_id, stream_seq = c.seq);
+    tokio::spawn(refund(pipe.clone(), p, slot).instrument(span));
     Reply::Later(rx)
 }
 
-async fn refund<P: Psp>(
-    pipe: Arc<Pipeline<P>>,
-    c: Cancel,
-    amount: Amount,
-    slot: OwnedSemaphorePermit,
-) {
-    let id = c.req.payment_id;
-    let span = tracing::info_span!("refund", payment_id = %id, buyer_id = %c.req.buyer_id, stream_seq = c.seq);
+/// One refund call and its outcome. The cancellation is acknowledged whatever the answer, except
+/// a refusal (dead-lettered with the PSP's reason, the payment back to SUCCESS): from the intent
+/// on, finishing the refund is the sweeper's if this call does not.
+async fn refund<P: Psp>(pipe: Arc<Pipeline<P>>, p: Payment, slot: OwnedSemaphorePermit) {
+    let id = p.payment_id;
     let verdict = async {
         let call = crate::attempts::Call::start("refund", "cancel");
-        let Some(answer) = pipe.call(|| pipe.psp.refund(id, amount)).await else {
-            return Verdict::Retry {
-                label: "abandoned",
-                error: "shut down before the PSP refunded".into(),
-            };
+        let Some(answer) = pipe.call(|| pipe.psp.refund(id, p.amount)).await else {
+            return Verdict::Ack;
         };
         drop(slot);
-        match answer {
-            PspOutcome::Succeeded { psp_reference } => {
-                let change = Change {
-                    event: Some(EventKind::Cancelled),
-                    reason: Some(c.req.reason.clone().unwrap_or_else(|| "cancelled".into())),
-                    requested_at_ms: Some(c.published_ms),
-                    ..Change::new(
-                        id,
-                        Trigger::Refunded,
-                        format!("PSP refunded ({psp_reference})"),
-                    )
-                };
-                let attempt = call.ended(&change);
-                match pipe.recorder.record_with(change, Some(attempt)).await {
-                    Ok(Recorded::Applied(_) | Recorded::Skipped(PaymentState::Cancelled)) => {
-                        Verdict::Ack
-                    }
-                    Ok(other) => Verdict::Term {
-                        label: "payment_id",
-                        reason: format!(
-                            "payment_id: refunded at the PSP but not recordable here ({other:?})"
-                        ),
-                    },
-                    Err(error) => Verdict::Retry {
-                        label: "database",
-                        error,
-                    },
-                }
+        failpoint::hit("payment.after_refund_psp");
+        let change = match outcome::of_refund(&p, answer, "cancel") {
+            Decision::Record(change) => change,
+            Decision::ConfigError(error) => {
+                tracing::error!(%error, "PSP refused our configuration; the sweeper refunds later");
+                return Verdict::Ack;
             }
-            PspOutcome::Indeterminate { error } => Verdict::Retry {
-                label: "psp_unknown",
-                error,
-            },
-            PspOutcome::ConfigError { error } => Verdict::Retry {
-                label: "psp_config",
-                error,
-            },
-            PspOutcome::RateLimited { .. } => Verdict::Retry {
-                label: "psp_rate_limited",
-                error: "PSP rate-limited the refund".into(),
-            },
-            PspOutcome::Declined { code, .. } => Verdict::Term {
+            Decision::NotProcessed(_) => return Verdict::Ack,
+        };
+        let declined = change.last_error.clone().filter(|_| {
+            change.trigger == paystream_common::state::Trigger::RefundDeclined
+        });
+        let change = if change.trigger == paystream_common::state::Trigger::Indeterminate {
+            tracing::warn!(error = ?change.last_error, "PSP refund outcome unknown; the sweeper will resolve it");
+            paystream_common::payment::Change {
+                retry_at_ms: Some(
+                    now_ms() + i64::try_from(pipe.execution_lease.as_millis()).unwrap_or(i64::MAX),
+                ),
+                ..change
+            }
+        } else {
+            change
+        };
+        let attempt = call.ended(&change);
+        match (pipe.recorder.record_with(change, Some(attempt)).await, declined) {
+            (Ok(Recorded::Applied(PaymentState::Success)), Some(reason)) => Verdict::Term {
                 label: "refund_refused",
-                reason: format!("payment_id: PSP refused the refund of {id}: {code}"),
+                reason: format!("payment_id: PSP refused the refund of {id}: {reason}"),
             },
+            (Ok(_), _) => Verdict::Ack,
+            (Err(error), _) => {
+                tracing::warn!(%error, "recording the refund failed; the sweeper finishes it");
+                Verdict::Ack
+            }
         }
     }
-    .instrument(span)
     .await;
     pipe.flights.land(&id, &verdict);
 }

@@ -33,6 +33,11 @@ pub mod payment {
         pub lease_until_ms: Option<i64>,
         pub created_at_ms: i64,
         pub updated_at_ms: i64,
+        /// A cancellation accepted before the outcome was known: when JetStream stored it (unix
+        /// ms). Carried out (REFUNDING) once the payment is charged.
+        pub cancel_requested_at_ms: Option<i64>,
+        /// That cancellation's reason, if it gave one.
+        pub cancel_reason: Option<String>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

@@ -1,12 +1,12 @@
-//! What a PSP answer to a charge means for the payment: the one mapping from `PspOutcome` to a
-//! state change, shared by first execution and the sweeper.
+//! What a PSP answer to a charge or a refund means for the payment: the one mapping from
+//! `PspOutcome` to a state change, shared by first execution, cancellation and the sweeper.
 
 use paystream_common::events::EventKind;
 use paystream_common::ids::PaymentId;
 use paystream_common::state::Trigger;
 
 use crate::psp::{PspOutcome, PspPayment};
-use paystream_common::payment::Change;
+use paystream_common::payment::{self, Change, Payment};
 
 /// What to do with a charge answer.
 #[derive(Debug, Clone)]
@@ -77,6 +77,49 @@ pub fn of_lookup(payment_id: PaymentId, p: PspPayment) -> Decision {
         },
     };
     of_charge(payment_id, outcome, "sweeper (PSP lookup)")
+}
+
+/// What a refund answer means for a REFUNDING payment: CANCELLED (with its `cancelled` event),
+/// back to SUCCESS with the PSP's reason, or still REFUNDING for the sweeper to ask about.
+pub fn of_refund(p: &Payment, outcome: PspOutcome, via: &str) -> Decision {
+    let change = match outcome {
+        PspOutcome::Succeeded { psp_reference } => payment::refunded(p, &psp_reference, via),
+        PspOutcome::Declined { code, .. } => Change {
+            last_error: Some(format!("refund declined: {code}")),
+            ..Change::new(
+                p.payment_id,
+                Trigger::RefundDeclined,
+                format!("{via}: PSP declined the refund: {code}"),
+            )
+        },
+        PspOutcome::Indeterminate { error } => Change {
+            last_error: Some(error.clone()),
+            ..Change::new(
+                p.payment_id,
+                Trigger::Indeterminate,
+                format!("{via}: PSP refund outcome unknown: {error}"),
+            )
+        },
+        PspOutcome::ConfigError { error } => return Decision::ConfigError(error),
+        PspOutcome::RateLimited { retry_after } => {
+            return Decision::NotProcessed(format!(
+                "PSP rate-limited the refund (Retry-After {retry_after:?})"
+            ));
+        }
+    };
+    Decision::Record(change)
+}
+
+/// What the PSP's record of a REFUNDING payment's key says of its refund: `Some` once the PSP
+/// refunded it; `None`: not refunded (yet), so refunding again with the same key is safe.
+pub fn of_refund_lookup(p: &Payment, known: &PspPayment) -> Option<Decision> {
+    (known.refund_count > 0).then(|| {
+        let reference = known
+            .refund_reference
+            .clone()
+            .unwrap_or_else(|| known.psp_reference.clone());
+        Decision::Record(payment::refunded(p, &reference, "sweeper (PSP lookup)"))
+    })
 }
 
 #[cfg(test)]

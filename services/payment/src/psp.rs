@@ -96,6 +96,9 @@ pub struct PspPayment {
     pub charge_count: u32,
     #[serde(default)]
     pub refund_count: u32,
+    /// The refund's reference, once refunded.
+    #[serde(default)]
+    pub refund_reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use metrics::counter;
 use paystream_common::db::begin_write;
 use paystream_common::ids::{BuyerId, MerchantId, PaymentId};
+use paystream_common::ingress::CancelRequest;
 use paystream_common::money::{Amount, Currency};
-use paystream_common::payment::{self as domain, Change, Payment, Plan, Requested};
+use paystream_common::payment::{
+    self as domain, CancelIntent, Cancellation, Change, Payment, Plan, Requested,
+};
 use paystream_common::state::{IllegalTransition, PaymentState};
 use paystream_common::telemetry::names;
 use paystream_common::time::now_ms;
@@ -75,6 +78,10 @@ pub fn parse_row(row: &payment::Model) -> Result<Payment, CorruptRow> {
         request_seq: u64::try_from(row.request_seq)
             .map_err(|_| corrupt("request_seq", row.request_seq.to_string(), "a sequence ≥ 0"))?,
         requested_at_ms: row.requested_at_ms,
+        cancel: row.cancel_requested_at_ms.map(|at| CancelIntent {
+            reason: row.cancel_reason.clone(),
+            requested_at_ms: at,
+        }),
     })
 }
 
@@ -134,6 +141,8 @@ fn new_row(p: &Payment, now: i64, lease_until: i64) -> payment::ActiveModel {
         lease_until_ms: Set(Some(lease_until)),
         created_at_ms: Set(now),
         updated_at_ms: Set(now),
+        cancel_requested_at_ms: Set(None),
+        cancel_reason: Set(None),
     }
 }
 
@@ -198,9 +207,118 @@ pub async fn begin_execution(
     Ok(plans)
 }
 
+/// Decides cancellations (`payment::cancellation`) against their payments' rows, locked, and
+/// writes what each comes to in one transaction: a SUCCESS payment's refund intent (REFUNDING,
+/// the cancellation kept on the payment, leased for `lease` while this instance refunds), or a
+/// cancellation recorded on a payment whose outcome is not in. Returns one decision per
+/// cancellation, in order; a corrupt row is its own error.
+pub async fn accept_cancellations(
+    db: &DatabaseConnection,
+    cancels: &[(CancelRequest, i64)],
+    lease: std::time::Duration,
+) -> Result<Vec<Result<Cancellation, CorruptRow>>, StoreError> {
+    let txn = begin_write(db).await?;
+    let rows = load_locked(&txn, cancels.iter().map(|(c, _)| c.payment_id.to_string())).await?;
+    let now = now_ms();
+    let lease_until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let mut current: HashMap<String, Payment> = HashMap::new();
+    let mut decisions = Vec::with_capacity(cancels.len());
+    let mut hist = Vec::new();
+    let mut refunding = 0;
+    for (c, published_ms) in cancels {
+        let id = c.payment_id.to_string();
+        let payment = match rows.get(&id) {
+            None => None,
+            Some(row) => match current.entry(id.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                std::collections::hash_map::Entry::Vacant(e) => match parse_row(row) {
+                    Ok(p) => Some(e.insert(p)),
+                    Err(corrupt) => {
+                        decisions.push(Err(corrupt));
+                        continue;
+                    }
+                },
+            },
+        };
+        let decision = domain::cancellation(payment.as_deref(), c);
+        let keep = |p: &mut Payment| {
+            p.cancel.get_or_insert_with(|| CancelIntent {
+                reason: c.reason.clone(),
+                requested_at_ms: *published_ms,
+            });
+        };
+        match (&decision, payment) {
+            (Cancellation::Refund(_), Some(p)) => {
+                keep(p);
+                let intent = domain::refund_intent(p, "refund intent (cancellation)".into());
+                let to = domain::apply(p, &intent, Uuid::now_v7, now)?.to;
+                write_cancel(&txn, p, Some(lease_until), now).await?;
+                hist.push(history_row(&id, to, intent.cause, now));
+                refunding += 1;
+            }
+            (Cancellation::Defer(state), Some(p)) if p.cancel.is_none() => {
+                keep(p);
+                write_cancel(&txn, p, None, now).await?;
+                hist.push(history_row(
+                    &id,
+                    *state,
+                    "cancellation recorded; carried out once the outcome is known".into(),
+                    now,
+                ));
+            }
+            _ => {}
+        }
+        decisions.push(Ok(decision));
+    }
+    if !hist.is_empty() {
+        history::Entity::insert_many(hist)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    counter!(names::PAYMENT_TRANSITIONS, "state" => "REFUNDING").increment(refunding);
+    Ok(decisions)
+}
+
+/// Writes a payment's state and recorded cancellation; `lease_until` keeps the sweeper off while
+/// this instance refunds (`None`: leave the lease as it is).
+async fn write_cancel(
+    txn: &DatabaseTransaction,
+    p: &Payment,
+    lease_until: Option<i64>,
+    now: i64,
+) -> Result<(), DbErr> {
+    use payment::Column as C;
+    let cancel = p.cancel.as_ref();
+    let mut upd = payment::Entity::update_many()
+        .col_expr(C::State, Expr::value(p.state.as_str()))
+        .col_expr(
+            C::CancelRequestedAtMs,
+            Expr::value(cancel.map(|c| c.requested_at_ms)),
+        )
+        .col_expr(
+            C::CancelReason,
+            Expr::value(cancel.and_then(|c| c.reason.clone())),
+        );
+    // Only the refund intent is a state change; a payment still EXECUTING keeps its
+    // `updated_at_ms`, which tells the sweeper how long its charge has been under way.
+    if let Some(until) = lease_until {
+        upd = upd
+            .col_expr(C::UpdatedAtMs, Expr::value(now))
+            .col_expr(C::LeaseUntilMs, Expr::value(until))
+            .col_expr(C::NextAttemptAtMs, Expr::value(Option::<i64>::None));
+    }
+    upd.filter(C::PaymentId.eq(p.payment_id.to_string()))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
 /// What happened to one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
+    /// Applied; the state the payment is in after it (REFUNDING when a charge carried out a
+    /// cancellation recorded earlier).
     Applied(PaymentState),
     /// The payment had already moved on (another instance, or the sweeper, got there first).
     Skipped(PaymentState),
@@ -288,6 +406,20 @@ pub async fn record_in(
         f.attempts_added += i32::from(c.attempted);
         f.next_attempt_at_ms = c.retry_at_ms;
         hist.push(history_row(&id, applied.to, c.cause.clone(), now));
+        // A cancellation recorded while the outcome was unknown is carried out now that it is a
+        // charge: the refund intent commits with the charge, and the refund is due at once.
+        let mut to = applied.to;
+        if let Some(intent) = domain::deferred_refund(p, c.trigger) {
+            let refunding = domain::apply(p, &intent, Uuid::now_v7, now)?;
+            debug_assert!(
+                refunding.event.is_none(),
+                "the refund intent publishes nothing"
+            );
+            to = refunding.to;
+            f.state = Some(to);
+            f.next_attempt_at_ms = None;
+            hist.push(history_row(&id, to, intent.cause, now));
+        }
         if let Some(event) = applied.event {
             events.push(outbox::ActiveModel {
                 event_id: Set(event.event_id.to_string()),
@@ -303,7 +435,7 @@ pub async fn record_in(
                 ..Default::default()
             });
         }
-        results.push(Recorded::Applied(applied.to));
+        results.push(Recorded::Applied(to));
     }
     for ids in order.chunks(UPDATE_ROWS_MAX) {
         let rows: Vec<(&String, &Final)> = ids.iter().map(|id| (id, &finals[id])).collect();
@@ -474,7 +606,7 @@ pub async fn mark_published(db: &DatabaseConnection, acked: &[(i64, u64)]) -> Re
 }
 
 /// Payments the sweeper should look at now: EXECUTING for longer than `executing_before_ms`
-/// allows (a crash mid-call), or UNKNOWN and due, and not leased (by a sweeper, or by the intake
+/// allows (a crash mid-call), or UNKNOWN or REFUNDING and due, and not leased (by a sweeper, or by the intake
 /// whose PSP call may still be under way).
 pub async fn sweep_candidates(
     db: &DatabaseConnection,
@@ -493,8 +625,22 @@ pub async fn sweep_candidates(
                 .add(payment::Column::NextAttemptAtMs.is_null())
                 .add(payment::Column::NextAttemptAtMs.lte(now)),
         );
+    // A refund intent is due when written without a refund under way (a cancellation recorded
+    // before the charge), or when its refund's answer was lost and its retry time has come.
+    let due_refunding = Condition::all()
+        .add(payment::Column::State.eq(PaymentState::Refunding.as_str()))
+        .add(
+            Condition::any()
+                .add(payment::Column::NextAttemptAtMs.is_null())
+                .add(payment::Column::NextAttemptAtMs.lte(now)),
+        );
     payment::Entity::find()
-        .filter(Condition::any().add(stale_executing).add(due_unknown))
+        .filter(
+            Condition::any()
+                .add(stale_executing)
+                .add(due_unknown)
+                .add(due_refunding),
+        )
         .filter(
             Condition::any()
                 .add(payment::Column::LeaseUntilMs.is_null())
@@ -525,6 +671,7 @@ pub async fn claim(
             .filter(payment::Column::State.is_in([
                 PaymentState::Executing.as_str(),
                 PaymentState::Unknown.as_str(),
+                PaymentState::Refunding.as_str(),
             ]))
             .filter(
                 Condition::any()

@@ -1,7 +1,10 @@
 //! The sweeper: resolves payments whose outcome is not known. Every `PAYSTREAM_SWEEP_INTERVAL` it
 //! takes the payments stuck in EXECUTING past `PAYSTREAM_EXECUTING_TIMEOUT` (the process died
 //! mid-call) and the UNKNOWN ones that are due, asks the PSP what it knows of each key and adopts
-//! the answer, or charges again with the same key when the PSP never saw it. Attempts are bounded
+//! the answer, or charges again with the same key when the PSP never saw it. REFUNDING payments
+//! that are due (a refund intent whose call died or whose answer was lost, or a cancellation
+//! recorded before the charge) are resolved the same way: asked about by key, refunded again
+//! with the same key when the PSP has not refunded. Attempts are bounded
 //! (`PAYSTREAM_SWEEP_MAX_ATTEMPTS`) with exponential backoff; what stays unresolved is counted in
 //! `paystream_sweeper_exhausted` (an alert) and retried only every 10 minutes from then on, for
 //! reconciliation or a person to settle; it is never dropped. A lease keeps two sweepers, and a
@@ -15,7 +18,7 @@ use paystream_common::consume::Verdict;
 use paystream_common::ids::PaymentId;
 use paystream_common::payment::{Change, Payment};
 use paystream_common::shutdown::Shutdown;
-use paystream_common::state::Trigger;
+use paystream_common::state::{PaymentState, Trigger};
 use paystream_common::telemetry::names;
 use paystream_common::time::now_ms;
 use tokio::sync::Notify;
@@ -172,6 +175,8 @@ async fn resolve_one<P: Psp>(
             let label = match change.trigger {
                 Trigger::Charged => "success",
                 Trigger::Declined => "failure",
+                Trigger::Refunded => "refunded",
+                Trigger::RefundDeclined => "refund_declined",
                 _ => "unknown",
             };
             counter!(names::SWEEPER_ATTEMPTS, "outcome" => label).increment(1);
@@ -211,6 +216,9 @@ async fn resolve_one<P: Psp>(
 /// Asks the PSP about one payment and decides; charges again (same key) if the PSP never saw it.
 /// `None`: shut down before an answer.
 async fn resolve<P: Psp>(pipe: &Pipeline<P>, payment: &Payment) -> Option<Decision> {
+    if payment.state == PaymentState::Refunding {
+        return resolve_refund(pipe, payment).await;
+    }
     let payment_id = payment.payment_id;
     let decision = match pipe.call(|| pipe.psp.lookup(payment_id)).await? {
         Lookup::Known(p) => outcome::of_lookup(payment_id, p),
@@ -235,6 +243,37 @@ async fn resolve<P: Psp>(pipe: &Pipeline<P>, payment: &Payment) -> Option<Decisi
         }
     };
     Some(decision)
+}
+
+/// Asks the PSP about a REFUNDING payment's refund and adopts it, or refunds again with the same
+/// key (never a second refund) when the PSP has not refunded. `None`: shut down before an answer.
+async fn resolve_refund<P: Psp>(pipe: &Pipeline<P>, payment: &Payment) -> Option<Decision> {
+    let payment_id = payment.payment_id;
+    let refunded = match pipe.call(|| pipe.psp.lookup(payment_id)).await? {
+        Lookup::Known(known) => outcome::of_refund_lookup(payment, &known),
+        Lookup::NotFound => None,
+        Lookup::ConfigError { error } => Some(Decision::ConfigError(error)),
+        Lookup::RateLimited { .. } => {
+            Some(Decision::NotProcessed("PSP rate-limited the lookup".into()))
+        }
+        Lookup::Indeterminate { error } => Some(outcome::of_refund(
+            payment,
+            PspOutcome::Indeterminate { error },
+            "sweeper (PSP lookup)",
+        )),
+    };
+    if refunded.is_some() {
+        return refunded;
+    }
+    tracing::info!("PSP has not refunded: refunding again with the same key");
+    let answer = pipe
+        .call(|| pipe.psp.refund(payment_id, payment.amount))
+        .await?;
+    Some(outcome::of_refund(
+        payment,
+        answer,
+        "sweeper (refunded again)",
+    ))
 }
 
 #[cfg(test)]

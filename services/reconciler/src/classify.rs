@@ -136,7 +136,7 @@ pub fn classify(row: &SettlementRow, duplicate: bool, ours: Option<&Ours>) -> Ve
                 amount_note(charge_delta, ours.amount_minor, theirs)
             ),
         ),
-        (RowKind::Charge, Success | Cancelled) | (RowKind::Refund, Cancelled) => {
+        (RowKind::Charge, Success | Refunding | Cancelled) | (RowKind::Refund, Cancelled) => {
             let delta = if row.kind == RowKind::Charge {
                 charge_delta
             } else {
@@ -157,13 +157,14 @@ pub fn classify(row: &SettlementRow, duplicate: bool, ours: Option<&Ours>) -> Ve
                 )
             }
         }
-        (RowKind::Refund, Success) => verdict(
+        (RowKind::Refund, Success | Refunding) => verdict(
             Class::StatusMismatch,
             Action::Cancel {
                 delta_minor: refund_delta,
             },
             format!(
-                "PSP settled a refund; we hold SUCCESS{}",
+                "PSP settled a refund; we hold {}{}",
+                ours.state.as_str(),
                 amount_note(refund_delta, ours.amount_minor, theirs)
             ),
         ),
@@ -329,10 +330,7 @@ mod tests {
             }
             // Merchant money from this payment before and after, against what the row says.
             let state = state.unwrap_or(PaymentState::NotStarted);
-            let held = |s: PaymentState| match s {
-                PaymentState::Success => ours_amount,
-                _ => 0,
-            };
+            let held = |s: PaymentState| if s.holds_money() { ours_amount } else { 0 };
             match v.action {
                 Action::None => {}
                 Action::Succeed { delta_minor } => {

@@ -128,7 +128,16 @@ async fn cancellations(backend: Backend) {
         .await
         .unwrap();
     let states: Vec<&str> = status.history.iter().map(|h| h.state.as_str()).collect();
-    assert_eq!(states, ["NOT_STARTED", "EXECUTING", "SUCCESS", "CANCELLED"]);
+    assert_eq!(
+        states,
+        [
+            "NOT_STARTED",
+            "EXECUTING",
+            "SUCCESS",
+            "REFUNDING",
+            "CANCELLED"
+        ]
+    );
     env.shutdown().await;
 }
 

@@ -37,6 +37,19 @@ fn spawn(
     data: &std::path::Path,
     failpoint: Option<&str>,
 ) -> Child {
+    spawn_up(nats_url, db_url, psp_url, data, failpoint, &[])
+}
+
+/// `paystream up` as its own process (so it can be SIGKILLed), with short timeouts and sweeps;
+/// `env` overrides or adds settings.
+pub(crate) fn spawn_up(
+    nats_url: &str,
+    db_url: &str,
+    psp_url: &str,
+    data: &std::path::Path,
+    failpoint: Option<&str>,
+    env: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_paystream"));
     cmd.arg("up")
         .env_clear()
@@ -53,6 +66,7 @@ fn spawn(
         .env("PAYSTREAM_BACKOFF", "300ms,600ms,1s")
         .env("PAYSTREAM_MAX_DELIVER", "100")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(data.join("paystream.log")).expect("log file"));

@@ -22,6 +22,7 @@ mod ordering;
 mod real_psp;
 mod recon;
 mod recon_file;
+mod refunds;
 mod scale;
 mod security;
 mod storage_bounds;
