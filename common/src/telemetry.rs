@@ -69,6 +69,7 @@ pub mod names {
     pub const PAYMENTS_UNKNOWN: &str = "paystream_payments_unknown";
     pub const DEAD_LETTERS: &str = "paystream_dead_letters_total";
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
+    pub const DEAD_LETTERS_WAITING: &str = "paystream_dead_letters_waiting";
     pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
     pub const PUBLISH_CONFLICTS: &str = "paystream_publish_conflicts_total";
@@ -443,6 +444,10 @@ fn register_catalogue() {
         "Messages dead-lettered, by consumer and kind (terminated, max_deliveries)."
     );
     describe_gauge!(DLQ_DEPTH, "Entries in DEAD_LETTERS awaiting an operator.");
+    describe_gauge!(
+        DEAD_LETTERS_WAITING,
+        "Dead letters recorded by their consumer and not yet seen in DEAD_LETTERS (the dlq service republishes those whose advisory was lost)."
+    );
     describe_counter!(
         DLQ_REDRIVES,
         "Dead letters redriven (from the audit trail)."
@@ -454,6 +459,7 @@ fn register_catalogue() {
         }
     }
     gauge!(DLQ_DEPTH).set(0.0);
+    gauge!(DEAD_LETTERS_WAITING).set(0.0);
     counter!(DLQ_REDRIVES).absolute(0);
     counter!(DLQ_PURGES).absolute(0);
     describe_counter!(
