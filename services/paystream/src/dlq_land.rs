@@ -2,8 +2,8 @@
 //! each entry of `pending_dead_letters` (recorded by the consumer that gave up, before its
 //! `+TERM`) that is older than a grace period and still unmarked is looked up in the dead-letter
 //! index. Found (its advisory arrived, or an earlier republish did, or an operator has already
-//! redriven or purged it): marked landed. Not found while the dlq consumer has indexed everything
-//! DEAD_LETTERS holds: its advisory was lost (DEAD_LETTERS had no leader when the server sent
+//! redriven or purged it): marked landed. Not found once the dlq consumer's ack floor has reached
+//! what DEAD_LETTERS held after the grace period: its advisory was lost (DEAD_LETTERS had no leader when the server sent
 //! it), so it is republished in the advisory's form and subject with `Nats-Msg-Id`
 //! `dead-letter-<stream>-<durable>-<seq>` (a retry or a second dlq instance is stored once within
 //! the stream's 2-minute duplicate window), then marked landed. The advisory stays the primary
@@ -90,19 +90,22 @@ async fn indexed(db: &DatabaseConnection, row: &Pending) -> Result<bool, String>
     Ok(rows.iter().any(|r| r.durable == row.durable))
 }
 
-/// Whether the dlq consumer has indexed everything DEAD_LETTERS holds (it acks only after the
-/// index write). Unknown (no leader, no answer) counts as no.
+/// Whether the dlq consumer has indexed everything DEAD_LETTERS held a moment ago (now, after
+/// the waiting entries' cutoff): its ack floor has reached the stream's last sequence read first
+/// (it acks only after the index write). Holds under a steady flow of dead letters too, unlike
+/// "nothing pending". Unknown (no leader, no answer) counts as no.
 async fn index_complete(js: &jetstream::Context) -> Result<bool, String> {
     let stream = js
         .get_stream(DEAD_LETTERS)
         .await
         .map_err(|e| e.to_string())?;
+    let last = stream.cached_info().state.last_sequence;
     let mut consumer: jetstream::consumer::PullConsumer = stream
         .get_consumer(crate::dlq_watch::CONSUMER)
         .await
         .map_err(|e| e.to_string())?;
     let info = consumer.info().await.map_err(|e| e.to_string())?;
-    Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    Ok(info.ack_floor.stream_sequence >= last)
 }
 
 async fn republish(js: &jetstream::Context, row: &Pending) -> Result<(), String> {
