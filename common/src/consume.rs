@@ -70,8 +70,11 @@ pub struct LoopConfig {
     pub backoff: Backoff,
     /// How often to send `+WPI` for a batch still being handled.
     pub progress_every: Duration,
-    /// Where failed attempts are recorded (the last error of a dead letter).
+    /// Where failed attempts are recorded (the last error of a dead letter), and dead letters
+    /// before they are sent (`pending_dead_letters`).
     pub failures: Option<sea_orm::DatabaseConnection>,
+    /// The consumer's `max_deliver`: a failed delivery with this count is the message's last.
+    pub max_deliver: i64,
 }
 
 impl LoopConfig {
@@ -87,6 +90,7 @@ impl LoopConfig {
             backoff: cfg.backoff.clone(),
             progress_every: crate::streams::progress_interval(cfg),
             failures,
+            max_deliver: cfg.max_deliver,
         }
     }
 }
@@ -645,6 +649,41 @@ async fn record_failures(cfg: &LoopConfig, failed: &[Failed]) {
     }
 }
 
+/// Records a dead letter in `pending_dead_letters` (bounded: a slow database gives an error, not
+/// a stuck loop). A loop without a database (the dlq watcher) records nothing.
+async fn record_dead_letter(
+    cfg: &LoopConfig,
+    msg: &Message,
+    kind: &str,
+    reason: &str,
+) -> Result<(), String> {
+    let Some(db) = &cfg.failures else {
+        return Ok(());
+    };
+    let info = msg.info().map_err(|e| e.to_string())?;
+    let row = crate::pending_dead_letters::pending::Model {
+        stream: info.stream.to_owned(),
+        durable: info.consumer.to_owned(),
+        stream_seq: i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+        subject: msg.subject.to_string(),
+        kind: kind.to_owned(),
+        deliveries: info.delivered,
+        reason: reason.to_owned(),
+        at_ms: crate::time::now_ms(),
+        landed_at_ms: None,
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::pending_dead_letters::record(db, row),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 /// A NAKed delivery, to be recorded as the message's last error.
 struct Failed {
     stream: String,
@@ -678,6 +717,20 @@ async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) -> Option<Fai
                 .increment(1);
             tracing::warn!(consumer = cfg.name, stream_seq = seq, delivered, retry_in = ?step, error = %bounded(&error, 512), "retrying");
             let stream = msg.info().map(|i| i.stream.to_owned()).unwrap_or_default();
+            if crate::pending_dead_letters::is_last_delivery(delivered, cfg.max_deliver) {
+                // The server will dead-letter it (MAX_DELIVERIES): recorded first, so it lands
+                // even if that advisory is lost. A failure here leaves the advisory alone.
+                if let Err(e) = record_dead_letter(
+                    cfg,
+                    msg,
+                    crate::pending_dead_letters::MAX_DELIVERIES,
+                    &error,
+                )
+                .await
+                {
+                    tracing::warn!(consumer = cfg.name, stream_seq = seq, error = %e, "could not record the dead letter of a last delivery");
+                }
+            }
             failed = Some(Failed {
                 stream,
                 seq,
@@ -693,8 +746,22 @@ async fn settle(cfg: &LoopConfig, msg: &Message, verdict: Verdict) -> Option<Fai
             counter!(names::CONSUMER_TERMINATED, "consumer" => cfg.name, "reason" => label)
                 .increment(1);
             let reason = bounded(&reason, 512);
-            tracing::warn!(consumer = cfg.name, stream_seq = seq, subject = %msg.subject, %reason, "terminated");
-            term_with_reason(msg, &reason).await
+            // Recorded before the `+TERM`: the advisory it causes is lost if DEAD_LETTERS has no
+            // leader at that moment. Unrecorded, it is not terminated but given back: the next
+            // delivery terminates it again.
+            match record_dead_letter(cfg, msg, crate::pending_dead_letters::TERMINATED, &reason)
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(consumer = cfg.name, stream_seq = seq, subject = %msg.subject, %reason, "terminated");
+                    term_with_reason(msg, &reason).await
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = cfg.name, stream_seq = seq, error = %e, "could not record the dead letter; terminating on the next delivery");
+                    msg.ack_with(AckKind::Nak(Some(nak_delay(&cfg.backoff, delivered))))
+                        .await
+                }
+            }
         }
     };
     if let Err(e) = result {

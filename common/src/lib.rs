@@ -21,6 +21,7 @@ pub mod nats;
 pub mod nats_server;
 pub mod ownership;
 pub mod payment;
+pub mod pending_dead_letters;
 pub mod publish;
 pub mod settlement;
 pub mod shutdown;

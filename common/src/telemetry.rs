@@ -71,6 +71,7 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "paystream_dead_letters_total";
     pub const DLQ_DEPTH: &str = "paystream_dlq_depth";
     pub const DLQ_CAPACITY: &str = "paystream_dlq_capacity";
+    pub const DEAD_LETTERS_WAITING: &str = "paystream_dead_letters_waiting";
     pub const DLQ_REDRIVES: &str = "paystream_dlq_redrives_total";
     pub const DLQ_PURGES: &str = "paystream_dlq_purges_total";
     pub const PUBLISH_CONFLICTS: &str = "paystream_publish_conflicts_total";
@@ -460,6 +461,10 @@ fn register_catalogue() {
         DLQ_CAPACITY,
         "Most entries DEAD_LETTERS keeps (its max_msgs; 0 until first read): past it the oldest go."
     );
+    describe_gauge!(
+        DEAD_LETTERS_WAITING,
+        "Dead letters recorded by their consumer and not yet seen in DEAD_LETTERS (the dlq service republishes those whose advisory was lost)."
+    );
     describe_counter!(
         DLQ_REDRIVES,
         "Dead letters redriven (from the audit trail)."
@@ -472,6 +477,7 @@ fn register_catalogue() {
     }
     gauge!(DLQ_DEPTH).set(0.0);
     gauge!(DLQ_CAPACITY).set(0.0);
+    gauge!(DEAD_LETTERS_WAITING).set(0.0);
     counter!(DLQ_REDRIVES).absolute(0);
     counter!(DLQ_PURGES).absolute(0);
     describe_counter!(

@@ -12,6 +12,7 @@ mod m20261201_000010_ownership;
 mod m20261201_000020_reconciliation;
 mod m20261202_000030_console;
 mod m20261203_000040_refunds;
+mod m20261204_000050_pending_dead_letters;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000020_reconciliation::Migration),
             Box::new(m20261202_000030_console::Migration),
             Box::new(m20261203_000040_refunds::Migration),
+            Box::new(m20261204_000050_pending_dead_letters::Migration),
         ]
     }
 }

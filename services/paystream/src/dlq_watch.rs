@@ -1,7 +1,8 @@
 //! The dlq service (`serve dlq`, part of `up`): follows DEAD_LETTERS with the durable consumer
 //! `dlq`, logs and counts each dead letter as it arrives, and keeps the depth and operator-action
 //! gauges current, and writes each entry into the database's dead-letter index (`dlq_index`). It
-//! never removes entries: only an operator's redrive or purge does.
+//! never removes entries: only an operator's redrive or purge does. Beside it, `dlq_land`
+//! republishes any dead letter a consumer recorded whose advisory never reached DEAD_LETTERS.
 
 use std::time::Duration;
 
@@ -131,6 +132,11 @@ pub async fn start(
         Watch { db: db.clone() },
         shutdown.clone(),
         ready,
+    ));
+    tasks.spawn(crate::dlq_land::run(
+        db.clone(),
+        js.clone(),
+        shutdown.clone(),
     ));
     tasks.spawn(gauges(db, js, shutdown));
     Ok(())

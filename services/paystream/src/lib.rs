@@ -11,6 +11,7 @@ pub mod client;
 pub mod console;
 pub mod dlq;
 pub mod dlq_index;
+pub mod dlq_land;
 pub mod dlq_watch;
 pub mod identity;
 pub mod operator;

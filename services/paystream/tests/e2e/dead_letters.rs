@@ -140,6 +140,18 @@ async fn poisoned_merchant(backend: Backend) {
     )
     .await;
     let entries = dlq::list(&js, Some(&db), Some("wallet")).await.unwrap();
+    // Each was also recorded by the wallet with its last failed delivery (what lands it should
+    // its MAX_DELIVERIES advisory be lost), and seen in DEAD_LETTERS.
+    eventually(
+        Duration::from_secs(20),
+        "the wallet's dead letters recorded and landed",
+        || async {
+            scalar(&db, "SELECT COUNT(*) FROM pending_dead_letters WHERE stream = 'PAYMENT_EVENTS' AND durable LIKE 'wallet%' \
+                 AND kind = 'max_deliveries' AND deliveries = 4 AND reason LIKE '%injected fault%' AND landed_at_ms IS NOT NULL").await
+                == poisoned.len() as i64
+        },
+    )
+    .await;
     let mut delays = Vec::new();
     for e in &entries {
         assert_eq!(
@@ -270,4 +282,165 @@ async fn poisoned_merchant_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisoned_merchant_postgres() {
     poisoned_merchant(Backend::Postgres).await;
+}
+
+/// The leader's node name (`n1`) of `stream`, once it has one.
+async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> String {
+    for _ in 0..100 {
+        if let Some(l) = js
+            .get_stream(stream)
+            .await
+            .ok()
+            .and_then(|s| s.cached_info().cluster.clone())
+            .and_then(|c| c.leader)
+        {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{stream} has no leader");
+}
+
+/// Every dead letter lands: on a 3-node cluster with R3 streams, the node leading DEAD_LETTERS is
+/// SIGKILLed and 25 invalid requests are terminated while the stream elects a new leader (the
+/// server's advisories sent meanwhile are lost). The consumer recorded each before its `+TERM`;
+/// the dlq service republishes those DEAD_LETTERS lacks: 25 of 25 land with their reasons, none
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_land_across_a_dead_letters_leader_kill_postgres() {
+    use paystream::app::{self, Parts};
+    use paystream_common::streams::{DEAD_LETTERS, PAYMENTS};
+    use paystream_testkit::{TestCluster, TestDb};
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let mut cluster = TestCluster::start(3).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = crate::helpers::config(&cluster.urls(), &db.url, data.path(), &["--replicas=3"]);
+    let app = app::start(cfg, Parts::all())
+        .await
+        .expect("paystream starts on the cluster");
+    let conn = app.db.clone().unwrap();
+    let client = async_nats::ConnectOptions::new()
+        .connect(cluster.urls().split(',').collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let js = nats::jetstream(client.clone());
+    // DEAD_LETTERS' leader on another node than PAYMENTS', so requests keep flowing while it is
+    // down.
+    let mut dl_leader = stream_leader(&js, DEAD_LETTERS).await;
+    for _ in 0..10 {
+        if dl_leader != stream_leader(&js, PAYMENTS).await {
+            break;
+        }
+        let _ = client
+            .request(
+                format!("$JS.API.STREAM.LEADER.STEPDOWN.{DEAD_LETTERS}"),
+                "".into(),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        dl_leader = stream_leader(&js, DEAD_LETTERS).await;
+    }
+    assert_ne!(dl_leader, stream_leader(&js, PAYMENTS).await);
+    let victim: usize = dl_leader.trim_start_matches('n').parse().unwrap();
+
+    cluster.nodes[victim].kill().await;
+    let killed = Instant::now();
+    const N: usize = 25;
+    for i in 0..N {
+        let pid = format!("7e1c1e4e-6a3b-4f0e-9a55-{i:012}");
+        let body = format!(
+            r#"{{"payment_id":"{pid}","buyer_id":"b-{i}","merchant_id":"m-1","amount":0,"currency":"USD"}}"#
+        );
+        let subject = format!("payments.request.b-{i}");
+        let mut tries = 0;
+        loop {
+            let sent = async {
+                js.publish(subject.clone(), body.clone().into())
+                    .await?
+                    .await
+                    .map_err(async_nats::Error::from)
+            };
+            match sent.await {
+                Ok(_) => break,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("publish {i}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("publish {i}: {e}"),
+            }
+        }
+    }
+    let published = killed.elapsed();
+    // Terminated while DEAD_LETTERS elects a leader.
+    eventually(
+        Duration::from_secs(30),
+        "every invalid request terminated",
+        || async { scalar(&conn, "SELECT COUNT(*) FROM pending_dead_letters").await == N as i64 },
+    )
+    .await;
+    let terminated = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nodes[victim]
+        .restart()
+        .await
+        .expect("the node comes back");
+
+    eventually(
+        Duration::from_secs(60),
+        "every dead letter landed",
+        || async {
+            scalar(
+                &conn,
+                "SELECT COUNT(*) FROM pending_dead_letters WHERE landed_at_ms IS NOT NULL",
+            )
+            .await
+                == N as i64
+        },
+    )
+    .await;
+    // Republishes and advisories that arrive late would show now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut dlq = js.get_stream(DEAD_LETTERS).await.unwrap();
+    let info = dlq.info().await.unwrap().clone();
+    let mut republished = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if a["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("dead-letter-"))
+        {
+            republished += 1;
+        }
+        assert!(
+            seen.insert((a["consumer"].to_string(), a["stream_seq"].as_u64())),
+            "dead letter twice in DEAD_LETTERS: {a}"
+        );
+    }
+    assert_eq!(info.state.messages, N as u64, "one entry per termination");
+    let listed = dlq::list(&js, Some(&conn), Some("payment")).await.unwrap();
+    assert_eq!(listed.len(), N, "{listed:#?}");
+    for e in &listed {
+        assert_eq!(
+            (e.stream.as_str(), e.kind.as_str()),
+            ("PAYMENTS", "terminated")
+        );
+        assert!(e.duplicates.is_empty(), "{e:?}");
+        assert!(
+            e.reason
+                .starts_with("amount: must be an integer in 1..=10^12"),
+            "{e:?}"
+        );
+    }
+    eprintln!(
+        "dead letters: DEAD_LETTERS leader {dl_leader} SIGKILLed; {N} invalid requests published in {:.1}s, terminated by {:.1}s; {N} of {N} landed ({republished} republished from pending_dead_letters, the rest by their advisory), none twice",
+        published.as_secs_f64(),
+        terminated.as_secs_f64()
+    );
+    app.shutdown().await;
 }
