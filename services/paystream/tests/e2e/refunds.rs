@@ -166,7 +166,7 @@ async fn lost_refund_answers(backend: Backend) {
     };
     let mut sim = Sim::start(sim_cfg.clone(), "127.0.0.1:0").await;
     let cfg = config(&nats.url(), &db.url, data.path(), &[]);
-    let js = nats::jetstream(nats::connect(&cfg, "test", false).await.unwrap());
+    let js = nats::jetstream(nats::connect(&cfg.client, "test", false).await.unwrap());
     paystream_common::streams::ensure_streams(&js, &cfg)
         .await
         .unwrap();
@@ -249,7 +249,7 @@ async fn crash_during_refund(backend: Backend) {
     .await;
     let cfg = config(&nats.url(), &db.url, data.path(), &[]);
     let conn = paystream_common::db::connect(&db.url).await.unwrap();
-    let js = &nats::jetstream(nats::connect(&cfg, "test", false).await.unwrap());
+    let js = &nats::jetstream(nats::connect(&cfg.client, "test", false).await.unwrap());
     paystream_common::streams::ensure_streams(js, &cfg)
         .await
         .unwrap();
