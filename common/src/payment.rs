@@ -486,19 +486,6 @@ mod tests {
         assert!(!asked, "no event id is taken for a refused change");
     }
 
-    const TRIGGERS: [Trigger; 10] = [
-        Trigger::Execute,
-        Trigger::Charged,
-        Trigger::Declined,
-        Trigger::Indeterminate,
-        Trigger::RefundStart,
-        Trigger::Refunded,
-        Trigger::RefundDeclined,
-        Trigger::SettledCharge,
-        Trigger::SettledRefund,
-        Trigger::SettledAmount,
-    ];
-
     #[test]
     fn a_refund_carries_the_cancellation_recorded_on_the_payment() {
         let mut p = requested().new_payment();
@@ -531,7 +518,7 @@ mod tests {
             cancelled in any::<bool>(),
             by in 0usize..10,
         ) {
-            let by = TRIGGERS[by];
+            let by = Trigger::ALL[by];
             let mut p = requested().new_payment();
             p.state = state;
             p.cancel = cancelled.then_some(CancelIntent { reason: None, requested_at_ms: 1 });
@@ -560,7 +547,7 @@ mod tests {
             let mut p = requested().new_payment();
             let mut published = Vec::new();
             for (t, publishes) in seq {
-                let trigger = TRIGGERS[t];
+                let trigger = Trigger::ALL[t];
                 let change = Change {
                     event: publishes.then_some(EventKind::Adjusted),
                     ..Change::new(p.payment_id, trigger, "x".into())

@@ -87,6 +87,21 @@ pub enum Trigger {
     SettledAmount,
 }
 
+impl Trigger {
+    pub const ALL: [Trigger; 10] = [
+        Trigger::Execute,
+        Trigger::Charged,
+        Trigger::Declined,
+        Trigger::Indeterminate,
+        Trigger::RefundStart,
+        Trigger::Refunded,
+        Trigger::RefundDeclined,
+        Trigger::SettledCharge,
+        Trigger::SettledRefund,
+        Trigger::SettledAmount,
+    ];
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("illegal transition {from:?} --{trigger:?}-->")]
 pub struct IllegalTransition {
@@ -126,19 +141,6 @@ pub fn transition(from: PaymentState, trigger: Trigger) -> Result<PaymentState, 
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    const TRIGGERS: [Trigger; 10] = [
-        Trigger::Execute,
-        Trigger::Charged,
-        Trigger::Declined,
-        Trigger::Indeterminate,
-        Trigger::RefundStart,
-        Trigger::Refunded,
-        Trigger::RefundDeclined,
-        Trigger::SettledCharge,
-        Trigger::SettledRefund,
-        Trigger::SettledAmount,
-    ];
 
     #[test]
     fn names_round_trip() {
@@ -201,7 +203,7 @@ mod tests {
             let mut state = PaymentState::NotStarted;
             let mut executed = false;
             for i in seq {
-                let trigger = TRIGGERS[i];
+                let trigger = Trigger::ALL[i];
                 match transition(state, trigger) {
                     Ok(next) => {
                         if trigger == Trigger::Execute {
