@@ -90,6 +90,9 @@ pub fn secure_conf(
     conf
 }
 
+/// The JetStream file storage a server started here may reserve (nats-server's decimal units).
+const MAX_FILE_STORE: &str = "64G";
+
 /// Options of one server process.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -154,8 +157,13 @@ impl NatsServer {
             .as_deref()
             .map(|s| format!("  sync_interval: {s}\n"))
             .unwrap_or_default();
+        // The streams reserve their `max_bytes` (12.25 GiB in all, nats/streams) against the
+        // server's storage limit, which nats-server otherwise sets to 75% of the disk space free
+        // at start-up: on a disk with less than ~17 GB free, creating PAYMENT_EVENTS would fail
+        // ("insufficient storage resources"). A stated limit makes start-up independent of
+        // what else is on the disk; the account limits of nats/accounts.conf still bound it.
         let conf = format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  strict: true\n{sync}}}\n{}\n",
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_file_store: {MAX_FILE_STORE}\n  strict: true\n{sync}}}\n{}\n",
             store.join("js").display(),
             self.opts.extra_conf
         );
