@@ -26,11 +26,7 @@ async fn ask(client: &async_nats::Client, subject: &str, body: &Value) -> (f64, 
         .expect("answered");
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     assert!(
-        reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error"))
-            .is_none(),
+        crate::helpers::service_error(&reply).is_none(),
         "{subject} {body}: {reply:?}"
     );
     (ms, serde_json::from_slice(&reply.payload).expect("JSON"))

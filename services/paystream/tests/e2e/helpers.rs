@@ -527,3 +527,12 @@ pub async fn reconcile_an_unknown_payment(
         .await
         .expect("reconciliation runs")
 }
+
+/// The `paystream` service's error header on a reply, if it carries one (`Nats-Service-Error`).
+pub fn service_error(reply: &async_nats::Message) -> Option<String> {
+    reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error"))
+        .map(|v| v.as_str().to_owned())
+}

@@ -438,11 +438,7 @@ async fn step(
         .unwrap_or_else(|e| panic!("{subject}: not JSON ({e}): {:?}", reply.payload));
     assert!(v.get("error").is_none(), "{subject}: {v}");
     assert!(
-        reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error"))
-            .is_none(),
+        crate::helpers::service_error(&reply).is_none(),
         "{subject}: {reply:?}"
     );
     v
